@@ -1,0 +1,62 @@
+"""Turns the credentials on a request into a :class:`Caller`.
+
+Lookups are cached for ``auth_cache_seconds`` (a fraction of a second by default), so a key
+revoked from the command line stops working on running servers almost at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+from iceprod_server.db import users
+from iceprod_server.errors import NotAuthenticated
+from iceprod_server.executors.database import Database
+from iceprod_server.rpc.context import ANONYMOUS, Caller
+
+
+class Authenticator:
+    def __init__(self, db: Database, cache_seconds: float) -> None:
+        self.db = db
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Caller]] = {}
+
+    async def from_passkey(self, token: str | None, pilot_ref: str = "") -> Caller:
+        """The caller a passkey identifies; anonymous without one.
+
+        Raises NotAuthenticated for an unknown, expired or revoked key.
+        """
+        if not token:
+            return ANONYMOUS
+        if not isinstance(token, str) or len(token) > 512:
+            raise NotAuthenticated("invalid passkey")
+        now = time.monotonic()
+        hit = self._cache.get(token)
+        if hit is not None and now - hit[0] < self.cache_seconds:
+            caller = hit[1]
+        else:
+            found = await self.db.read(users.lookup_passkey, token)
+            if found is None:
+                self._cache.pop(token, None)
+                raise NotAuthenticated("invalid, expired or revoked passkey")
+            caller = Caller(role=found["role"], key_id=found["key_id"],
+                            user_id=found["user_id"], username=found["username"],
+                            site_id=found["site_id"])
+            if found["expires"] is not None and found["expires"] <= time.time():
+                raise NotAuthenticated("passkey expired")
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[token] = (now, caller)
+        if pilot_ref:
+            caller = Caller(caller.role, caller.key_id, caller.user_id, caller.username,
+                            caller.site_id, pilot_ref[:64])
+        return caller
+
+    async def from_site(self, site_id: str, token: str | None,
+                        cert_dn: str | None = None) -> Caller:
+        found = await self.db.read(users.lookup_site, site_id, token, cert_dn)
+        if found is None:
+            raise NotAuthenticated("invalid site credentials")
+        return Caller(role="site", site_id=found["site_id"], username=None)
+
+    async def from_user(self, user_id: str, username: str, role: str) -> Caller:
+        return Caller(role=role, user_id=user_id, username=username)

@@ -1,0 +1,69 @@
+"""The one engine factory: SQLite and MariaDB/MySQL specifics live here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
+                timeout: float = 30.0) -> Engine:
+    """An engine for ``url``.
+
+    SQLite runs in WAL mode with foreign keys on and a busy timeout. Transactions start with
+    ``BEGIN IMMEDIATE`` when the connection is marked for writing (execution option
+    ``iceprod_write``), so two writers queue on the busy timeout instead of failing when one
+    upgrades a read lock. MariaDB/MySQL runs through mysqlclient at READ COMMITTED with
+    pre-ping and recycle so that connections dropped by the server are replaced.
+    """
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": timeout, "check_same_thread": False},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # we issue BEGIN ourselves (below)
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            write = conn.get_execution_options().get("iceprod_write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    parsed = make_url(url)
+    if parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername="mysql+mysqldb")
+    query = dict(parsed.query)
+    query.setdefault("charset", "utf8mb4")
+    parsed = parsed.set(query=query)
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=pool_recycle,
+        pool_timeout=timeout,
+        isolation_level="READ COMMITTED",
+        connect_args={"connect_timeout": int(max(timeout, 1))},
+    )

@@ -1,0 +1,270 @@
+"""SQLAlchemy models: the whole schema, and the indexes its hot queries need.
+
+Times are seconds since the epoch (floats), the same on SQLite and MariaDB. Identifiers are
+short strings made by :mod:`iceprod_server.db.ids`, unique across processes and sites.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID = String(32)
+# LONGTEXT on MariaDB: configs and logs can exceed TEXT's 64 KiB
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+JsonCol = JSON()
+
+DATASET_STATES = ("processing", "suspended", "truncated", "errors", "complete")
+JOB_STATES = ("processing", "suspended", "errors", "complete")
+TASK_STATES = (
+    "idle",
+    "waiting",
+    "queued",
+    "processing",
+    "complete",
+    "suspended",
+    "failed",
+    "reset",
+    "resume",
+)
+ROLES = ("pilot", "user", "admin")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Small key/value facts about this database (site id, counters)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class User(Base):
+    __tablename__ = "users"
+    user_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    group_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    priority: Mapped[float] = mapped_column(Float, default=1.0)
+    description: Mapped[str] = mapped_column(String(1024), default="")
+
+
+class Site(Base):
+    __tablename__ = "sites"
+    site_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    cert_dn: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class Passkey(Base):
+    __tablename__ = "passkeys"
+    key_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=True
+    )
+    site_id: Mapped[str | None] = mapped_column(
+        ID, ForeignKey("sites.site_id", ondelete="CASCADE"), nullable=True
+    )
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    dataset_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # IceProd's dataset number (options.dataset), unique and increasing
+    dataset_num: Mapped[int] = mapped_column(Integer, unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[str | None] = mapped_column(ID, ForeignKey("users.user_id"), nullable=True)
+    group_id: Mapped[str | None] = mapped_column(ID, ForeignKey("groups.group_id"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="processing")
+    priority: Mapped[float] = mapped_column(Float, default=0.0)
+    debug: Mapped[bool] = mapped_column(Boolean, default=False)
+    njobs: Mapped[int] = mapped_column(Integer)
+    ntasks: Mapped[int] = mapped_column(Integer)  # task definitions per job
+    jobs_materialized: Mapped[int] = mapped_column(Integer, default=0)
+    gridspec: Mapped[str] = mapped_column(String(255), default="")
+    stat_keys: Mapped[Any] = mapped_column(JsonCol, default=list)
+    created: Mapped[float] = mapped_column(Float)
+    status_changed: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_datasets_status", "status"),)
+
+
+class DatasetConfig(Base):
+    __tablename__ = "dataset_configs"
+    dataset_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True
+    )
+    config: Mapped[str] = mapped_column(LongText)  # JSON text, exactly as accepted
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class TaskDef(Base):
+    """One task of a dataset's config; every job has one task per definition."""
+
+    __tablename__ = "task_defs"
+    dataset_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True
+    )
+    task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    requirements: Mapped[Any] = mapped_column(JsonCol, default=dict)
+
+
+class TaskDefDep(Base):
+    """Task ``task_index`` of a dataset needs task ``dep_task_index`` of ``dep_dataset_id``,
+    in the job with the same index, to be complete first."""
+
+    __tablename__ = "task_def_deps"
+    dataset_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dep_dataset_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    dep_task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    __table_args__ = (
+        Index("ix_task_def_deps_dep", "dep_dataset_id", "dep_task_index"),
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    job_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE")
+    )
+    job_index: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="processing")
+    status_changed: Mapped[float] = mapped_column(Float)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "job_index", name="uq_jobs_dataset_index"),
+        Index("ix_jobs_dataset_status", "dataset_id", "status"),
+    )
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    task_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE")
+    )
+    job_id: Mapped[str] = mapped_column(ID, ForeignKey("jobs.job_id", ondelete="CASCADE"))
+    job_index: Mapped[int] = mapped_column(Integer)
+    task_index: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="idle")
+    status_changed: Mapped[float] = mapped_column(Float)
+    # claims take queued tasks in (queue_rank, task_id) order: the scheduler sets the rank
+    # to the negated effective priority, so ties go to the oldest task (ids sort by time)
+    queue_rank: Mapped[float] = mapped_column(Float, default=0.0)
+    # incremented on every claim; a pilot's call must name the current one
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # random token of the current claim; identifies the claim that a pilot holds
+    claim: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    req_cpu: Mapped[int] = mapped_column(Integer, default=1)
+    req_gpu: Mapped[int] = mapped_column(Integer, default=0)
+    req_memory: Mapped[float] = mapped_column(Float, default=1.0)
+    req_disk: Mapped[float] = mapped_column(Float, default=1.0)
+    req_time: Mapped[float] = mapped_column(Float, default=1.0)
+    req_os: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "job_index", "task_index", name="uq_tasks_position"),
+        Index("ix_tasks_status_rank", "status", "queue_rank", "task_id"),
+        Index("ix_tasks_dataset_status", "dataset_id", "status", "task_index"),
+        Index("ix_tasks_job", "job_id", "task_index"),
+        Index("ix_tasks_status_lease", "status", "lease_expires"),
+        Index("ix_tasks_status_changed", "status", "status_changed"),
+        Index("ix_tasks_changed", "status_changed", "task_id"),
+        Index("ix_tasks_claim", "claim"),
+    )
+
+
+class TaskStat(Base):
+    __tablename__ = "task_stats"
+    stat_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                         primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ID, ForeignKey("tasks.task_id", ondelete="CASCADE"))
+    dataset_id: Mapped[str] = mapped_column(ID)
+    attempt: Mapped[int] = mapped_column(Integer)
+    created: Mapped[float] = mapped_column(Float)
+    error: Mapped[bool] = mapped_column(Boolean, default=False)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    time_used: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stats: Mapped[Any] = mapped_column(JsonCol, default=dict)
+    __table_args__ = (
+        Index("ix_task_stats_task", "task_id", "attempt"),
+        Index("ix_task_stats_dataset_created", "dataset_id", "created"),
+        Index("ix_task_stats_created", "created"),
+    )
+
+
+class TaskLog(Base):
+    __tablename__ = "task_logs"
+    log_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                        primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ID, ForeignKey("tasks.task_id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(BigInteger)
+    # the log itself, or NULL when it was written to ``path`` under the data directory
+    data: Mapped[str | None] = mapped_column(LongText, nullable=True)
+    path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    __table_args__ = (Index("ix_task_logs_task", "task_id", "name", "created"),)
+
+
+class Pilot(Base):
+    __tablename__ = "pilots"
+    pilot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    site: Mapped[str] = mapped_column(String(255), default="")
+    tasks: Mapped[Any] = mapped_column(JsonCol, default=list)
+    resources_available: Mapped[Any] = mapped_column(JsonCol, default=dict)
+    resources_claimed: Mapped[Any] = mapped_column(JsonCol, default=dict)
+    last_update: Mapped[float] = mapped_column(Float)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+    audit_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                          primary_key=True, autoincrement=True)
+    created: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    params: Mapped[Any] = mapped_column(JsonCol, default=dict)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (Index("ix_audit_log_created", "created"),)

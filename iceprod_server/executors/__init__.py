@@ -1,0 +1,24 @@
+"""Named thread pools for blocking work, and the database runner built on them.
+
+Nothing blocking runs on the event loop: database units of work go through
+:class:`Database` on the ``db`` pool and filesystem work through :class:`FileSystem` on the
+``fs`` pool, each awaited by the coroutine that needs it.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from iceprod_server.config import Config
+
+
+class Executors:
+    """The process's thread pools, sized from the configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.db = ThreadPoolExecutor(config.db_threads, thread_name_prefix="db")
+        self.fs = ThreadPoolExecutor(config.fs_threads, thread_name_prefix="fs")
+
+    def shutdown(self) -> None:
+        self.db.shutdown(wait=True, cancel_futures=True)
+        self.fs.shutdown(wait=True, cancel_futures=True)

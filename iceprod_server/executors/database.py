@@ -1,0 +1,99 @@
+"""Runs units of database work on the ``db`` thread pool.
+
+A unit of work is a function ``fn(session, *args)`` from :mod:`iceprod_server.db`. One hop
+onto the pool opens a session, runs the function in one transaction, commits and returns
+plain data. Lock conflicts (SQLite busy, InnoDB deadlock or lock wait timeout) roll back and
+run the unit again; once the retries or the timeout run out, or the database is unreachable,
+the caller gets :class:`~iceprod_server.errors.Unavailable` (-32005, safe to retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
+from tornado.concurrent import run_on_executor
+
+from iceprod_server.errors import Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# MySQL error numbers worth running the unit again for
+_MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock
+_MYSQL_DOWN = {2002, 2003, 2006, 2013}  # cannot connect, server gone away, lost connection
+
+
+def _retryable(err: DBAPIError) -> bool:
+    orig = err.orig
+    msg = str(orig).lower()
+    if "database is locked" in msg or "database table is locked" in msg:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] in _MYSQL_RETRY
+
+
+def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = True,
+             timeout: float = 30.0, **kwargs: Any) -> T:
+    """Run ``fn(session, *args, **kwargs)`` in one transaction, here, in this thread."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(iceprod_write=write)
+                with Session(bind=conn, expire_on_commit=False) as session:
+                    with session.begin():
+                        return fn(session, *args, **kwargs)
+        except (OperationalError, DBAPIError) as e:
+            if e.connection_invalidated or _is_down(e):
+                log.warning("database unavailable: %s", e.orig)
+                raise Unavailable("database unavailable", {"detail": str(e.orig)}) from e
+            if not _retryable(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                log.warning("database busy, giving up after %.1f s: %s", timeout, e.orig)
+                raise Unavailable("database busy, try again", {"detail": str(e.orig)}) from e
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
+        except PoolTimeout as e:
+            raise Unavailable("no database connection available, try again") from e
+
+
+def _is_down(err: DBAPIError) -> bool:
+    args: tuple[Any, ...] = tuple(getattr(err.orig, "args", ()))
+    if args and args[0] in _MYSQL_DOWN:
+        return True
+    return "unable to open database file" in str(err.orig).lower()
+
+
+class Database:
+    """Awaitable database access for coroutines."""
+
+    def __init__(self, engine: Engine, executor: ThreadPoolExecutor, timeout: float = 30.0):
+        self.engine = engine
+        self.executor = executor
+        self.timeout = timeout
+
+    @run_on_executor
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             write: bool) -> Any:
+        return run_unit(self.engine, fn, *args, write=write, timeout=self.timeout, **kwargs)
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a unit of work that changes the database."""
+        result: T = await self._run(fn, args, kwargs, True)
+        return result
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a read-only unit of work (on SQLite it does not take the write lock)."""
+        result: T = await self._run(fn, args, kwargs, False)
+        return result

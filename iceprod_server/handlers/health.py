@@ -1,0 +1,29 @@
+"""``GET /healthz``: 200 once the server is ready and its database answers."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from iceprod_server.errors import Unavailable
+from iceprod_server.handlers.base import BaseHandler
+
+
+def _ping(s: Session) -> None:
+    s.execute(text("SELECT 1"))
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        try:
+            await self.services.db.read(_ping)
+        except Unavailable:
+            self.set_status(503)
+            self.finish({"status": "unavailable", "database": "unreachable"})
+            return
+        self.finish({"status": "ok"})
+
+
+def routes() -> list[tuple[str, type]]:
+    return [(r"/healthz", HealthHandler)]

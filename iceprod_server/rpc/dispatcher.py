@@ -1,0 +1,142 @@
+"""The JSON-RPC 2.0 dispatcher behind ``POST /jsonrpc``.
+
+Order of checks for each request object: its shape (-32600), the caller's credentials
+(-32001, whatever the method), the method (-32601), the caller's role (-32001 anonymous,
+-32002 otherwise), the params (-32602); then the method runs, and domain errors become their
+codes while anything unexpected is -32603 with the traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from iceprod_server import errors
+from iceprod_server.errors import IceProdError
+from iceprod_server.rpc import jsonclass
+from iceprod_server.rpc.context import Caller, Context
+from iceprod_server.rpc.registry import REGISTRY, bind
+
+log = logging.getLogger(__name__)
+
+# (legacy passkey param, legacy site_id param) -> Caller
+Authenticate = Callable[[str | None, str | None], Awaitable[Caller]]
+_MISSING = object()
+
+
+def error_object(code: int, message: str | None = None,
+                 data: dict[str, Any] | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message or errors.MESSAGES[code]}
+    if data:
+        err["data"] = data
+    return err
+
+
+def _response(req_id: Any, result: Any = _MISSING,
+              error: dict[str, Any] | None = None) -> dict[str, Any]:
+    if error is not None:
+        return {"jsonrpc": "2.0", "error": error, "id": req_id}
+    return {"jsonrpc": "2.0", "result": result, "id": req_id}
+
+
+class Dispatcher:
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    async def handle_body(self, body: bytes, authenticate: Authenticate,
+                          remote_ip: str = "") -> str | None:
+        """Answer one HTTP body; None means no response body (only notifications)."""
+        try:
+            text = body.decode("utf-8")
+            payload = jsonclass.loads(text)
+        except (UnicodeDecodeError, ValueError) as e:
+            return jsonclass.dumps(_response(None, error=error_object(
+                errors.PARSE_ERROR, data={"reason": f"invalid JSON: {e}"})))
+        if isinstance(payload, list):
+            if not payload:
+                return jsonclass.dumps(_response(None, error=error_object(
+                    errors.INVALID_REQUEST, data={"reason": "empty batch"})))
+            results = await asyncio.gather(
+                *(self.handle_one(r, authenticate, remote_ip) for r in payload))
+            answers = [r for r in results if r is not None]
+            return jsonclass.dumps(answers) if answers else None
+        answer = await self.handle_one(payload, authenticate, remote_ip)
+        return jsonclass.dumps(answer) if answer is not None else None
+
+    async def handle_one(self, req: Any, authenticate: Authenticate,
+                         remote_ip: str) -> dict[str, Any] | None:
+        req_id = req.get("id") if isinstance(req, dict) else None
+        if not isinstance(req_id, str | int | float) or isinstance(req_id, bool):
+            req_id = None
+        problem = _shape_problem(req)
+        if problem:
+            return _response(req_id, error=error_object(errors.INVALID_REQUEST,
+                                                        data={"reason": problem}))
+        notification = "id" not in req
+        name = req["method"]
+        params = req.get("params", [])
+        started = time.monotonic()
+        caller: Caller | None = None
+        try:
+            passkey = site_id = None
+            if isinstance(params, dict):
+                params = dict(params)
+                passkey = params.pop("passkey", None)
+                site_id = params.pop("site_id", None)
+                if passkey is not None and not isinstance(passkey, str):
+                    raise errors.NotAuthenticated("passkey must be a string")
+                if site_id is not None and not isinstance(site_id, str):
+                    raise errors.NotAuthenticated("site_id must be a string")
+            caller = await authenticate(passkey, site_id)
+            result = await self.call(name, params, caller, remote_ip)
+        except IceProdError as e:
+            outcome = e.code
+            response = _response(req_id, error=error_object(e.code, None, e.data))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", name)
+            outcome = errors.INTERNAL_ERROR
+            response = _response(req_id, error=error_object(errors.INTERNAL_ERROR))
+        else:
+            outcome = 0
+            response = _response(req_id, result)
+        log.debug("rpc %s role=%s outcome=%s %.1fms", name, caller.role if caller else "?",
+                  outcome, (time.monotonic() - started) * 1000)
+        return None if notification else response
+
+    async def call(self, name: str, params: list[Any] | dict[str, Any], caller: Caller,
+                   remote_ip: str = "") -> Any:
+        method = REGISTRY.get(name)
+        if method is None:
+            raise errors.MethodNotFound(f"no method {name!r}", {"method": name})
+        public_read = self.services.config.public_read
+        if not method.allows(caller.role, public_read):
+            if caller.role is None:
+                raise errors.NotAuthenticated(f"{name} needs a passkey or a login")
+            raise errors.Forbidden(f"role {caller.role} may not call {name}",
+                                   {"role": caller.role})
+        kwargs = bind(method, params)
+        ctx = Context(caller=caller, services=self.services, remote_ip=remote_ip)
+        return await method.func(ctx, **kwargs)
+
+
+def _shape_problem(req: Any) -> str:
+    if not isinstance(req, dict):
+        return "a request must be a JSON object"
+    if req.get("jsonrpc") != "2.0":
+        return 'member "jsonrpc" must be exactly "2.0"'
+    if not isinstance(req.get("method"), str):
+        return 'member "method" must be a string'
+    if "params" in req and not isinstance(req["params"], list | dict):
+        return 'member "params" must be an array or an object'
+    if "id" in req and (not isinstance(req["id"], str | int | float | type(None))
+                        or isinstance(req["id"], bool)):
+        return 'member "id" must be a string, a number or null'
+    extra = set(req) - {"jsonrpc", "method", "params", "id"}
+    if extra:
+        return f"unknown members: {', '.join(sorted(extra))}"
+    return ""

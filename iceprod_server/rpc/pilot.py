@@ -1,0 +1,164 @@
+"""Pilot methods, with IceProd 2's names and parameters so its pilots can talk to us.
+
+Every call about a task must come from the claim that holds it (the passkey, plus the
+``X-IceProd-Pilot`` header when pilots share a key, and the ``attempt`` when given);
+anything else gets -32004 and changes nothing. Repeating a call that already took effect
+succeeds and changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+from iceprod_server.db import tasks as task_db
+from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams
+from iceprod_server.rpc.context import Context
+from iceprod_server.rpc.registry import ADMIN, ANYONE, PILOT, Id, rpc_method
+
+LOG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@rpc_method(ANYONE)
+async def echo(ctx: Context, value: Any = None) -> Any:
+    """Return ``value`` unchanged: a connectivity check."""
+    return value
+
+
+def _count(value: Any) -> int:
+    """IceProd 2 pilots send a GPU count or a list of GPU ids."""
+    if isinstance(value, list):
+        return len(value)
+    return int(value or 0)
+
+
+@rpc_method(PILOT, ADMIN, errors=(CONFLICT,))
+async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None = "",
+                   domain: str | None = "", ifaces: Any = None, os: str | None = None,
+                   cpu: int | None = 1, gpu: int | list[Any] | None = 0,
+                   memory: float | None = 8.0, disk: float | None = 100.0,
+                   time: float | None = 24.0) -> list[dict[str, Any]]:
+    """Claim queued tasks that fit in the resources offered, highest priority first.
+
+    ``memory`` and ``disk`` are in GB, ``time`` in hours. Several tasks are packed into the
+    offer while they fit; a task needing a GPU goes only to a pilot offering one. Returns a
+    list (empty when there is no work) of task descriptions: ``config`` (the dataset
+    config) and ``options`` with task_id, task (name), dataset_id, dataset (number), job
+    (index), jobs_submitted, debug, resources and attempt. Each task is now ``processing``
+    under the caller's claim and must be kept alive with ``stillrunning``.
+    """
+    offer = task_db.Offer(
+        cpu=int(cpu if cpu is not None else 1), gpu=_count(gpu),
+        memory=float(memory if memory is not None else 8.0),
+        disk=float(disk if disk is not None else 100.0),
+        time=float(time if time is not None else 24.0), os=os or None)
+    if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
+        raise InvalidParams("resources offered must not be negative")
+    return await ctx.services.db.write(task_db.claim_tasks, ctx.caller.claimant, offer,
+                                       ctx.services.config.lease_seconds, hostname or "")
+
+
+@rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
+async def set_processing(ctx: Context, task_id: Id, attempt: int | None = None) -> bool:
+    """Claim one queued task by id (or confirm the caller's own claim): -> processing."""
+    return await ctx.services.db.write(task_db.set_processing, task_id, ctx.caller.claimant,
+                                       ctx.services.config.lease_seconds, attempt)
+
+
+@rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
+async def stillrunning(ctx: Context, task_id: Id, attempt: int | None = None) -> bool:
+    """Heartbeat: true while the task is queued or processing under the caller's claim,
+    and extends its lease; false once the claim is gone (the pilot should stop the task).
+    Call at least every lease/3 seconds."""
+    return await ctx.services.db.write(task_db.still_running, task_id, ctx.caller.claimant,
+                                       ctx.services.config.lease_seconds, attempt)
+
+
+@rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
+async def finish_task(ctx: Context, task_id: Id, stats: dict[str, Any] | None = None,
+                      attempt: int | None = None) -> dict[str, Any]:
+    """The caller's attempt succeeded: processing -> complete, with a task_stat row
+    (hostname, time_used, resources and whatever else ``stats`` holds). A repeat by the
+    same claim succeeds and changes nothing; any other caller gets -32004."""
+    result = await ctx.services.db.write(task_db.finish_task, task_id, ctx.caller.claimant,
+                                         stats or {}, attempt)
+    if not result["repeated"]:
+        ctx.services.wake_scheduler()  # the job's next task may now be released
+    return result
+
+
+@rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
+async def task_error(ctx: Context, task_id: Id, error_info: dict[str, Any] | None = None,
+                     attempt: int | None = None) -> dict[str, Any]:
+    """The caller's attempt failed: the failure is counted and stored; the task becomes
+    ``reset`` (tried again), ``failed`` once failures reach max_resets, or ``suspended`` for
+    a debug dataset. A resource overuse in ``error_info`` (``resources`` used above the
+    requirement, or "Resource overuse for memory" in ``error``) grows that requirement 1.5x.
+    """
+    result = await ctx.services.db.write(task_db.task_error, task_id, ctx.caller.claimant,
+                                         error_info or {}, ctx.services.config.max_resets,
+                                         attempt)
+    ctx.services.wake_scheduler()
+    return result
+
+
+def _decode_log(data: str) -> str:
+    """IceProd 2 pilots send zlib-compressed, base64-encoded text; plain text also works."""
+    if len(data) % 4 == 0 and re.fullmatch(r"[A-Za-z0-9+/=\s]*", data):
+        try:
+            return zlib.decompress(base64.b64decode(data, validate=False)).decode(
+                "utf-8", errors="replace")
+        except (binascii.Error, zlib.error, ValueError):
+            pass
+    return data
+
+
+def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
+    folder = root / "logs" / task_id[:6] / task_id
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.{os.urandom(4).hex()}.log"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(text)
+    tmp.replace(target)
+    return str(target.relative_to(root))
+
+
+@rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
+async def upload_logfile(ctx: Context, task: Id, name: str, data: str | bytes) -> dict[str, Any]:
+    """Store a log of the caller's attempt: ``stdout``, ``stderr``, ``stdlog`` or any name
+    (letters, digits, ``_.-``). ``data`` is plain text or zlib+base64 text. Logs larger than
+    the configured ``log_inline_max`` are kept in files under the data directory."""
+    if not LOG_NAME.match(name):
+        raise InvalidParams("log name may use letters, digits and _ . - (at most 64)")
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    text = _decode_log(text)
+    encoded = text.encode("utf-8")
+    db = ctx.services.db
+    claimant = ctx.caller.claimant
+    await db.read(task_db.check_log_writer, task, claimant)
+    path = None
+    inline: str | None = text
+    if len(encoded) > ctx.services.config.log_inline_max:
+        path = await ctx.services.run_fs(_write_log_file, ctx.services.config.path(), task,
+                                         name, encoded)
+        inline = None
+    return await db.write(task_db.store_log, task, claimant, name, len(encoded), inline, path)
+
+
+@rpc_method(PILOT, ADMIN)
+async def update_pilot(ctx: Context, pilot_id: str, tasks: list[Any] | None = None,
+                       resources_available: dict[str, Any] | None = None,
+                       resources_claimed: dict[str, Any] | None = None,
+                       hostname: str = "") -> bool:
+    """Record a pilot's state: the tasks it runs and its resources, free and claimed."""
+    if not pilot_id or len(pilot_id) > 64:
+        raise InvalidParams("pilot_id must be 1 to 64 characters")
+    await ctx.services.db.write(task_db.update_pilot, pilot_id, ctx.caller.key_id, hostname,
+                                tasks or [], resources_available or {},
+                                resources_claimed or {})
+    return True

@@ -1,0 +1,103 @@
+"""The scheduler: a periodic coroutine that keeps the queue fed.
+
+Each pass expires leases and stale queue entries, returns reset and resumed tasks to idle,
+materialises jobs lazily, releases idle tasks whose dependencies are complete, queues waiting
+tasks by priority, and derives job and dataset status. Every step is a set-based unit of work
+on the ``db`` pool and safe to run from several server processes at once. Passes run every
+``scheduler_interval`` seconds and early when woken by a submission or a completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from iceprod_server.db import scheduling, tasks
+from iceprod_server.errors import Unavailable
+from iceprod_server.services import Services
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000
+# a woken scheduler waits this long so that a burst of completions makes one pass
+DEBOUNCE = 0.05
+# how far back a new process looks for task changes whose job status it should derive
+LOOKBACK = 3600.0
+
+
+class Scheduler:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.config = services.config
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._cursor: scheduling.Cursor = (time.time() - LOOKBACK, "")
+        self.passes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                summary = await self.run_once()
+                if any(summary.values()):
+                    log.info("scheduler pass: %s",
+                             ", ".join(f"{k}={v}" for k, v in summary.items() if v))
+            except Unavailable as e:
+                log.warning("scheduler pass skipped: %s", e.reason)
+            except Exception:
+                log.exception("scheduler pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.config.scheduler_interval)
+                await asyncio.sleep(DEBOUNCE)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def run_once(self) -> dict[str, int]:
+        """One full pass; returns how many rows each step changed."""
+        db = self.services.db
+        c = self.config
+        now = time.time()
+        pass_start = now
+        out = {
+            "expired": await db.write(tasks.expire_leases, now, c.max_resets, BATCH),
+            "timed_out": await db.write(scheduling.expire_queued, now, c.queue_timeout,
+                                        BATCH),
+            "to_idle": await db.write(scheduling.return_to_idle, BATCH),
+            "jobs": await db.write(scheduling.materialize_jobs, c.materialize_batch,
+                                   c.queue_depth),
+            "waiting": 0,
+        }
+        for _ in range(10):
+            n = await db.write(scheduling.release_ready, BATCH)
+            out["waiting"] += n
+            if n < BATCH:
+                break
+        out["queued"] = await db.write(scheduling.queue_waiting, c.queue_depth)
+        out["jobs_status"] = out["datasets_status"] = 0
+        for _ in range(10):
+            jobs_n, ds_n, cursor = await db.write(scheduling.derive_status, self._cursor)
+            out["jobs_status"] += jobs_n
+            out["datasets_status"] += ds_n
+            if cursor is None:
+                # changes made by other processes during this pass are seen next time
+                self._cursor = (pass_start - 10.0, "")
+                break
+            self._cursor = cursor
+        self.passes += 1
+        return out

@@ -1,0 +1,50 @@
+"""The long-lived services of one server process, reached by handlers and RPC methods."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from iceprod_server.auth import Authenticator
+from iceprod_server.config import Config
+from iceprod_server.db.engine import make_engine
+from iceprod_server.executors import Executors
+from iceprod_server.executors.database import Database
+
+
+class Services:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.engine = make_engine(config.database_url, pool_size=config.db_pool_size,
+                                  pool_recycle=config.db_pool_recycle,
+                                  timeout=config.db_timeout)
+        self.executors = Executors(config)
+        self.db = Database(self.engine, self.executors.db, config.db_timeout)
+        self.auth = Authenticator(self.db, config.auth_cache_seconds)
+        self._wake: Callable[[], None] | None = None
+        self.cookie_secret = config.cookie_secret or self._read_cookie_secret()
+
+    def _read_cookie_secret(self) -> str:
+        path = self.config.path("cookie_secret")
+        if path.exists():
+            return path.read_text().strip()
+        # no data directory of its own (tests, a database URL alone): a per-process secret
+        return secrets.token_urlsafe(32)
+
+    def on_wake_scheduler(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    def wake_scheduler(self) -> None:
+        """Ask the scheduler for an early pass (after a submission or a completion)."""
+        if self._wake is not None:
+            self._wake()
+
+    async def run_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking filesystem work on the ``fs`` pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executors.fs, fn, *args)
+
+    def close(self) -> None:
+        self.executors.shutdown()
+        self.engine.dispose()

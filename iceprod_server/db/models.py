@@ -12,7 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    Float,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -63,14 +63,14 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="user")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
-    created: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Double)
 
 
 class Group(Base):
     __tablename__ = "groups"
     group_id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    priority: Mapped[float] = mapped_column(Float, default=1.0)
+    priority: Mapped[float] = mapped_column(Double, default=1.0)
     description: Mapped[str] = mapped_column(String(1024), default="")
 
 
@@ -80,7 +80,7 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     key_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
     cert_dn: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    created: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Double)
 
 
 class Passkey(Base):
@@ -95,8 +95,8 @@ class Passkey(Base):
         ID, ForeignKey("sites.site_id", ondelete="CASCADE"), nullable=True
     )
     description: Mapped[str] = mapped_column(String(255), default="")
-    created: Mapped[float] = mapped_column(Float)
-    expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created: Mapped[float] = mapped_column(Double)
+    expires: Mapped[float | None] = mapped_column(Double, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -109,15 +109,15 @@ class Dataset(Base):
     owner_id: Mapped[str | None] = mapped_column(ID, ForeignKey("users.user_id"), nullable=True)
     group_id: Mapped[str | None] = mapped_column(ID, ForeignKey("groups.group_id"), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="processing")
-    priority: Mapped[float] = mapped_column(Float, default=0.0)
+    priority: Mapped[float] = mapped_column(Double, default=0.0)
     debug: Mapped[bool] = mapped_column(Boolean, default=False)
     njobs: Mapped[int] = mapped_column(Integer)
     ntasks: Mapped[int] = mapped_column(Integer)  # task definitions per job
     jobs_materialized: Mapped[int] = mapped_column(Integer, default=0)
     gridspec: Mapped[str] = mapped_column(String(255), default="")
     stat_keys: Mapped[Any] = mapped_column(JsonCol, default=list)
-    created: Mapped[float] = mapped_column(Float)
-    status_changed: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Double)
+    status_changed: Mapped[float] = mapped_column(Double)
     __table_args__ = (Index("ix_datasets_status", "status"),)
 
 
@@ -127,7 +127,7 @@ class DatasetConfig(Base):
         ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True
     )
     config: Mapped[str] = mapped_column(LongText)  # JSON text, exactly as accepted
-    updated: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Double)
 
 
 class TaskDef(Base):
@@ -164,7 +164,7 @@ class Job(Base):
     )
     job_index: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="processing")
-    status_changed: Mapped[float] = mapped_column(Float)
+    status_changed: Mapped[float] = mapped_column(Double)
     __table_args__ = (
         UniqueConstraint("dataset_id", "job_index", name="uq_jobs_dataset_index"),
         Index("ix_jobs_dataset_status", "dataset_id", "status"),
@@ -182,22 +182,22 @@ class Task(Base):
     task_index: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="idle")
-    status_changed: Mapped[float] = mapped_column(Float)
+    status_changed: Mapped[float] = mapped_column(Double)
     # claims take queued tasks in (queue_rank, task_id) order: the scheduler sets the rank
     # to the negated effective priority, so ties go to the oldest task (ids sort by time)
-    queue_rank: Mapped[float] = mapped_column(Float, default=0.0)
+    queue_rank: Mapped[float] = mapped_column(Double, default=0.0)
     # incremented on every claim; a pilot's call must name the current one
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     # random token of the current claim; identifies the claim that a pilot holds
     claim: Mapped[str | None] = mapped_column(String(64), nullable=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Double, nullable=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     req_cpu: Mapped[int] = mapped_column(Integer, default=1)
     req_gpu: Mapped[int] = mapped_column(Integer, default=0)
-    req_memory: Mapped[float] = mapped_column(Float, default=1.0)
-    req_disk: Mapped[float] = mapped_column(Float, default=1.0)
-    req_time: Mapped[float] = mapped_column(Float, default=1.0)
+    req_memory: Mapped[float] = mapped_column(Double, default=1.0)
+    req_disk: Mapped[float] = mapped_column(Double, default=1.0)
+    req_time: Mapped[float] = mapped_column(Double, default=1.0)
     req_os: Mapped[str | None] = mapped_column(String(64), nullable=True)
     __table_args__ = (
         UniqueConstraint("dataset_id", "job_index", "task_index", name="uq_tasks_position"),
@@ -218,10 +218,10 @@ class TaskStat(Base):
     task_id: Mapped[str] = mapped_column(ID, ForeignKey("tasks.task_id", ondelete="CASCADE"))
     dataset_id: Mapped[str] = mapped_column(ID)
     attempt: Mapped[int] = mapped_column(Integer)
-    created: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Double)
     error: Mapped[bool] = mapped_column(Boolean, default=False)
     hostname: Mapped[str] = mapped_column(String(255), default="")
-    time_used: Mapped[float | None] = mapped_column(Float, nullable=True)
+    time_used: Mapped[float | None] = mapped_column(Double, nullable=True)
     stats: Mapped[Any] = mapped_column(JsonCol, default=dict)
     __table_args__ = (
         Index("ix_task_stats_task", "task_id", "attempt"),
@@ -237,7 +237,7 @@ class TaskLog(Base):
     task_id: Mapped[str] = mapped_column(ID, ForeignKey("tasks.task_id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
-    created: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Double)
     size: Mapped[int] = mapped_column(BigInteger)
     # the log itself, or NULL when it was written to ``path`` under the data directory
     data: Mapped[str | None] = mapped_column(LongText, nullable=True)
@@ -254,14 +254,14 @@ class Pilot(Base):
     tasks: Mapped[Any] = mapped_column(JsonCol, default=list)
     resources_available: Mapped[Any] = mapped_column(JsonCol, default=dict)
     resources_claimed: Mapped[Any] = mapped_column(JsonCol, default=dict)
-    last_update: Mapped[float] = mapped_column(Float)
+    last_update: Mapped[float] = mapped_column(Double)
 
 
 class AuditLog(Base):
     __tablename__ = "audit_log"
     audit_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                           primary_key=True, autoincrement=True)
-    created: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Double)
     actor: Mapped[str] = mapped_column(String(255))
     method: Mapped[str] = mapped_column(String(128))
     target: Mapped[str] = mapped_column(String(255), default="")

@@ -96,14 +96,18 @@ def return_to_idle(s: Session, batch: int) -> int:
 def release_ready(s: Session, batch: int) -> int:
     """idle -> waiting for tasks of processing datasets whose dependencies are complete."""
     dep = aliased(Task)
+    # a task is blocked while one of its dependencies has no complete task in its job
+    dep_complete = exists().where(
+        dep.dataset_id == TaskDefDep.dep_dataset_id,
+        dep.job_index == Task.job_index,
+        dep.task_index == TaskDefDep.dep_task_index,
+        dep.status == "complete",
+    ).correlate(Task, TaskDefDep)
     blocked = exists().where(
         TaskDefDep.dataset_id == Task.dataset_id,
         TaskDefDep.task_index == Task.task_index,
-        ~exists().where(dep.dataset_id == TaskDefDep.dep_dataset_id,
-                        dep.job_index == Task.job_index,
-                        dep.task_index == TaskDefDep.dep_task_index,
-                        dep.status == "complete"),
-    )
+        ~dep_complete,
+    ).correlate(Task)
     ids = s.scalars(
         select(Task.task_id).join(Dataset, Dataset.dataset_id == Task.dataset_id)
         .where(Task.status == "idle", Dataset.status == "processing", ~blocked)

@@ -85,7 +85,10 @@ class Dispatcher:
             if isinstance(params, dict):
                 params = dict(params)
                 passkey = params.pop("passkey", None)
-                site_id = params.pop("site_id", None)
+                # site_id is a credential, except for methods that take it as a parameter
+                method = REGISTRY.get(name)
+                if method is None or "site_id" not in method.param_names:
+                    site_id = params.pop("site_id", None)
                 if passkey is not None and not isinstance(passkey, str):
                     raise errors.NotAuthenticated("passkey must be a string")
                 if site_id is not None and not isinstance(site_id, str):

@@ -39,6 +39,10 @@ class Method:
     hints: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    @property
     def doc(self) -> str:
         return inspect.cleandoc(self.func.__doc__ or "")
 

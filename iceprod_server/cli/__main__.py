@@ -1,0 +1,3 @@
+from iceprod_server.cli.main import main
+
+main()

@@ -1,0 +1,3 @@
+from iceprod_server.pilot.main import main
+
+main()

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# What `make test` needs beyond the build: MariaDB (server and client) and wrk, then a
+# MariaDB server answering on 127.0.0.1:3306 as root without a password.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-build-deps.sh
+scripts/ensure-packages.sh mariadb-server mariadb-client wrk
+scripts/ensure-mariadb.sh

@@ -33,8 +33,12 @@ def check_password(password: str, stored: str) -> bool:
 
 
 def new_token() -> str:
-    """A fresh passkey: 256 random bits, URL-safe."""
-    return secrets.token_urlsafe(32)
+    """A fresh passkey: 256 random bits, URL-safe, never starting with "-" (which a
+    command line would take for an option)."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def hash_token(token: str) -> str:

@@ -203,6 +203,7 @@ class Task(Base):
         UniqueConstraint("dataset_id", "job_index", "task_index", name="uq_tasks_position"),
         Index("ix_tasks_status_rank", "status", "queue_rank", "task_id"),
         Index("ix_tasks_dataset_status", "dataset_id", "status", "task_index"),
+        Index("ix_tasks_dataset_id", "dataset_id", "task_id"),
         Index("ix_tasks_job", "job_id", "task_index"),
         Index("ix_tasks_status_lease", "status", "lease_expires"),
         Index("ix_tasks_status_changed", "status", "status_changed"),

@@ -155,6 +155,15 @@ def queue_waiting(s: Session, queue_depth: int) -> int:
     return total
 
 
+def effective_priority(s: Session, dataset: Dataset) -> float:
+    """A dataset's priority plus its group's: what the queue is ordered by."""
+    group = 0.0
+    if dataset.group_id is not None:
+        group = float(s.scalar(select(Group.priority)
+                               .where(Group.group_id == dataset.group_id)) or 0.0)
+    return float(dataset.priority) + group
+
+
 def expire_queued(s: Session, now: float, timeout: float, batch: int) -> int:
     """Tasks left waiting or queued too long go back to idle."""
     ids = s.scalars(select(Task.task_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -38,6 +39,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         log.info("IceProd server listening on http://%s:%d (database %s)", config.host,
                  config.port, _safe_url(config.database_url))
+        # objects made at start-up live as long as the process: keep them out of the
+        # collector's full passes, which would otherwise pause the loop for long
+        gc.collect()
+        gc.freeze()
         if ready is not None:
             ready.set()
         await stop.wait()

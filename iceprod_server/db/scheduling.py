@@ -177,15 +177,21 @@ def expire_queued(s: Session, now: float, timeout: float, batch: int) -> int:
                    .values(status="idle", status_changed=now))
 
 
-def _derive(counts: dict[str, int]) -> str:
-    """A job's status from its tasks' counts by status."""
-    total = sum(counts.values())
-    live = sum(counts.get(s, 0) for s in LIVE)
+def _derive(counts: dict[str, int], unmade: int = 0) -> str:
+    """A job's (or dataset's) status from its tasks' counts by status; ``unmade`` counts
+    the tasks of a dataset's jobs not materialised yet, which are still to run.
+
+    Idle tasks do not keep a job with failures processing: once nothing else is running,
+    what is left idle waits on a failed dependency and would wait forever.
+    """
+    total = sum(counts.values()) + unmade
+    live = sum(counts.get(s, 0) for s in LIVE) + unmade
+    active = live - counts.get("idle", 0)
     if total and counts.get("complete", 0) == total:
         return "complete"
     if counts.get("suspended", 0) and not live:
         return "suspended"
-    if not live and counts.get("failed", 0):
+    if counts.get("failed", 0) and not active:
         return "errors"
     return "processing"
 
@@ -237,10 +243,11 @@ def _derive_dataset(s: Session, dataset_id: str, now: float) -> int:
         return 0  # a suspended dataset stays so until a human resumes it
     counts = dict(s.execute(select(Task.status, func.count())
                             .where(Task.dataset_id == dataset_id)
-                            .group_by(Task.status)).tuples().all())
+                            .group_by(Task.status)).all())
+    unmade = 0
     if ds.status != "truncated" and ds.jobs_materialized < ds.njobs:
-        counts["idle"] = counts.get("idle", 0) + (ds.njobs - ds.jobs_materialized) * ds.ntasks
-    derived = _derive(counts)
+        unmade = (ds.njobs - ds.jobs_materialized) * ds.ntasks
+    derived = _derive(counts, unmade)
     if ds.status == "truncated" and derived == "processing":
         return 0
     if derived == "processing" and ds.status == "processing":

@@ -163,7 +163,7 @@ def set_processing(s: Session, task_id: str, claimant: str, lease_seconds: float
     if task.status != "queued":
         raise _conflict(task, f"task is {task.status}, not queued")
     now = time.time()
-    rows = s.execute(
+    rows = changed(s,
         update(Task).where(Task.task_id == task_id, Task.status == "queued")
         .values(status="processing", status_changed=now, attempt=Task.attempt + 1,
                 claim=secrets.token_hex(16), claimed_by=claimant,

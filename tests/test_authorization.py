@@ -1,0 +1,281 @@
+"""The authorization matrix: every method of the registry, called by every kind of caller.
+
+The list of methods and the roles each allows come from ``rpc.discover`` (what the server
+itself enforces); each method is called with plausible params built from its parameter
+schemas, so an allowed caller gets a result or a domain error, never -32001/-32002:
+
+- no key: -32001 unless the method is public (``public_read`` is on) or open to anyone;
+- an expired or a revoked key: -32001 for every method, public ones and unknown ones too;
+- a pilot, user, admin or site credential: -32002 when its role is not allowed;
+- a user acting on another user's dataset: -32002 for every dataset, job and task action.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.support import jsonrpc
+from tests.support.datasets import config, submit, task, wait_until
+from tests.support.servers import ServerProcess
+
+AUTH_ERRORS = (-32001, -32002)
+# errors that mean the server did not even try: a bug whoever the caller is
+NEVER = (-32601, -32603)
+# the params that name what a dataset, job or task action acts on
+TARGETS = ("dataset_id", "task_ids", "job_ids")
+
+
+@dataclass
+class Target:
+    """A dataset with materialised jobs and tasks, owned by one user."""
+
+    dataset_id: str
+    job_id: str
+    task_id: str
+
+
+@dataclass
+class World:
+    server: ServerProcess
+    methods: dict[str, dict[str, Any]]
+    keys: dict[str, str]
+    site: tuple[str, str]  # site_id, site key
+    own: Target  # alice's dataset
+    other: Target  # bob's dataset
+
+
+def _target(client: Any, dataset_id: str) -> Target:
+    def first_task() -> dict[str, Any] | None:
+        page = client.call("public_get_tasks", dataset_id=dataset_id, limit=10)
+        return page["items"][0] if page["items"] else None
+
+    t = wait_until("the dataset's tasks to be made", first_task)
+    return Target(dataset_id, str(t["job_id"]), str(t["task_id"]))
+
+
+@pytest.fixture(scope="module")
+def world(module_server: Any, module_db_url: str) -> World:
+    srv: ServerProcess = module_server(module_db_url)
+    dep = srv.deployment
+    keys = {}
+    # issued first so that it has run out by the time the matrix runs
+    keys["expired"] = dep.passkey("pilot", expires=3)
+    expires_at = time.time() + 3
+    keys["admin"] = dep.passkey("admin", "admin1")
+    keys["user"] = dep.passkey("user", "alice")
+    keys["bob"] = dep.passkey("user", "bob")
+    keys["pilot"] = dep.passkey("pilot")
+    keys["revoked"] = dep.passkey("user", "alice")
+    assert srv.client(keys["revoked"]).call("whoami")["username"] == "alice"
+    dep.revoke(keys["revoked"])
+    out = dep.cli("add-site", "peer-site").stdout
+    fields = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    site = (fields["site_id"], fields["site_key"])
+
+    two = config(task("first"), task("second", depends=["first"]))
+    own = _target(srv.client(), submit(srv.client(keys["user"]), two, njobs=2))
+    other = _target(srv.client(), submit(srv.client(keys["bob"]), two, njobs=2))
+    doc = srv.client().call("rpc.discover")
+    assert doc["openrpc"].startswith("1."), doc.get("openrpc")
+    methods = {m["name"]: m for m in doc["methods"]}
+    time.sleep(max(0.0, expires_at + 0.2 - time.time()))
+    return World(srv, methods, keys, site, own, other)
+
+
+# -- plausible params ---------------------------------------------------------------------
+
+def _valid_config() -> dict[str, Any]:
+    return config(task("only"))
+
+
+def _value(name: str, schema: dict[str, Any], target: Target) -> Any:
+    """A value that passes the parameter's schema and points at ``target``."""
+    by_name: dict[str, Any] = {
+        "dataset_id": target.dataset_id, "task_id": target.task_id, "task": target.task_id,
+        "job_id": target.job_id, "task_ids": [target.task_id], "job_ids": [target.job_id],
+        "config": _valid_config(), "username": "nobody-" + secrets.token_hex(3),
+        "password": "long-enough-password", "name": "n" + secrets.token_hex(3),
+        "pilot_id": "pilot-" + secrets.token_hex(3), "data": "log text\n",
+        "key_id": "00000000000000000000", "site_id": "00000000000000000000",
+        "njobs": 1, "priority": 1.0, "cert_dn": None,
+    }
+    if name in by_name:
+        return by_name[name]
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "oneOf" in schema:
+        options = [s for s in schema["oneOf"] if s.get("type") != "null"]
+        return _value(name, options[0], target) if options else None
+    kind = str(schema.get("type"))
+    return {"string": "x", "integer": 1, "number": 1.0, "boolean": False, "array": [],
+            "object": {}}.get(kind, "x")
+
+
+def params_for(method: dict[str, Any], target: Target) -> dict[str, Any]:
+    """Required params, plus whatever names the target of an action."""
+    params = {}
+    for p in method["params"]:
+        if p["required"] or p["name"] in ("dataset_id", "task_ids", "job_ids", "task_id"):
+            params[p["name"]] = _value(p["name"], p.get("schema", {}), target)
+    return params
+
+
+# -- callers ------------------------------------------------------------------------------
+
+def call(world: World, caller: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    params = dict(params)
+    key: str | None = None
+    if caller == "site":
+        params["site_id"], params["passkey"] = world.site
+    elif caller != "none":
+        key = world.keys[caller]
+    return jsonrpc.request(world.server.rpc_url, name, params, passkey=key)
+
+
+def allowed(roles: list[str], caller: str) -> bool:
+    if "anyone" in roles or "public" in roles:
+        return True  # public_read is on
+    return caller in roles
+
+
+def check_matrix(world: World, caller: str, role: str, target: Target,
+                 expect_allowed: Any) -> list[str]:
+    """Call every method; return a line for every outcome that is not the expected one."""
+    wrong = []
+    for name, method in sorted(world.methods.items()):
+        roles = method["x-roles"]
+        response = call(world, caller, name, params_for(method, target))
+        code = jsonrpc.error_code(response)
+        ok = expect_allowed(roles, role)
+        if ok is True and code in AUTH_ERRORS + NEVER:
+            wrong.append(f"{name} (roles {roles}): expected allowed, got {response['error']}")
+        elif ok is not True and code != ok:
+            got = response.get("error", {"result": response.get("result")})
+            wrong.append(f"{name} (roles {roles}): expected {ok}, got {got}")
+    return wrong
+
+
+def _role_outcome(roles: list[str], role: str) -> Any:
+    if allowed(roles, role):
+        return True
+    return -32001 if role == "none" else -32002
+
+
+@pytest.mark.parametrize("caller", ["none", "pilot", "user", "admin", "site"])
+def test_each_role_on_every_method(world: World, caller: str) -> None:
+    wrong = check_matrix(world, caller, caller, world.own, _role_outcome)
+    assert not wrong, f"{len(wrong)} methods answered a {caller} caller wrongly:\n" + \
+        "\n".join(wrong)
+
+
+@pytest.mark.parametrize("caller", ["expired", "revoked"])
+def test_bad_keys_are_refused_everywhere(world: World, caller: str) -> None:
+    wrong = check_matrix(world, caller, caller, world.own, lambda roles, role: -32001)
+    assert not wrong, f"{len(wrong)} methods accepted an {caller} key:\n" + "\n".join(wrong)
+    # authentication comes first: an unknown method and bad params still get -32001
+    for name, params in (("no_such_method", {}), ("echo", {"bogus": 1}),
+                         ("public_get_dataset", {"dataset_id": [1]})):
+        response = call(world, caller, name, params)
+        assert jsonrpc.error_code(response) == -32001, (name, response)
+
+
+def test_revoked_key_stops_working_at_once(world: World) -> None:
+    dep = world.server.deployment
+    key = dep.passkey("pilot")
+    assert world.server.client(key).call("whoami")["role"] == "pilot"
+    dep.revoke(key)
+    revoked = time.monotonic()
+
+    def refused() -> bool:
+        response = jsonrpc.request(world.server.rpc_url, "whoami", {}, passkey=key)
+        return jsonrpc.error_code(response) == -32001
+
+    wait_until("the revoked key to be refused", refused, timeout=5, interval=0.05)
+    took = time.monotonic() - revoked
+    assert took < 1.5, f"a revoked key kept working for {took:.1f} s"
+
+
+def test_key_works_until_it_expires(world: World) -> None:
+    key = world.server.deployment.passkey("pilot", expires=6)
+    issued = time.time()
+    whoami = jsonrpc.request(world.server.rpc_url, "whoami", {}, passkey=key)
+    assert whoami.get("result", {}).get("role") == "pilot", \
+        f"a key issued with --expires 6 was refused at once: {whoami}"
+    time.sleep(max(0.0, issued + 6.5 - time.time()))
+    assert jsonrpc.error_code(jsonrpc.request(world.server.rpc_url, "whoami", {},
+                                              passkey=key)) == -32001
+
+
+def test_bad_key_in_header_and_legacy_param(world: World) -> None:
+    for key in ("", "x" * 600, "definitely-not-a-key"):
+        response = jsonrpc.request(world.server.rpc_url, "echo", {"value": 1},
+                                   headers={"Authorization": f"Bearer {key}"})
+        if key:
+            assert jsonrpc.error_code(response) == -32001, (key[:20], response)
+    response = jsonrpc.request(world.server.rpc_url, "public_get_datasets_by_status",
+                               {"passkey": world.keys["expired"]})
+    assert jsonrpc.error_code(response) == -32001, response
+    response = jsonrpc.request(world.server.rpc_url, "echo", {"value": 1, "passkey": 12})
+    assert jsonrpc.error_code(response) == -32001, response
+
+
+def _dataset_actions(world: World) -> list[str]:
+    names = [name for name, m in world.methods.items()
+             if "user" in m["x-roles"] and "public" not in m["x-roles"]
+             and "anyone" not in m["x-roles"]
+             and any(p["name"] in TARGETS for p in m["params"])]
+    expected = {"suspend_dataset", "resume_dataset", "reset_dataset", "hard_reset_dataset",
+                "truncate_dataset", "set_dataset_priority", "update_dataset_config",
+                "reset_tasks", "resume_tasks", "suspend_tasks", "reset_jobs",
+                "hard_reset_jobs", "suspend_jobs"}
+    assert expected <= set(names), f"dataset actions missing: {sorted(expected - set(names))}"
+    return sorted(names)
+
+
+def test_user_on_another_users_dataset_is_forbidden(world: World) -> None:
+    wrong = []
+    for name in _dataset_actions(world):
+        method = world.methods[name]
+        names = {p["name"] for p in method["params"]}
+        variants = []
+        for by in ("task_ids", "job_ids"):
+            if by in names:  # choose by ids, then by the dataset filter
+                variants.append({by: _value(by, {}, world.other)})
+        variants.append({k: v for k, v in params_for(method, world.other).items()
+                         if k not in ("task_ids", "job_ids")})
+        for params in variants:
+            response = call(world, "user", name, params)
+            if jsonrpc.error_code(response) != -32002:
+                wrong.append(f"{name}({params}): expected -32002, got "
+                             f"{response.get('error', response.get('result'))}")
+    assert not wrong, "alice acted on bob's dataset:\n" + "\n".join(wrong)
+    # nothing of bob's changed hands: his dataset is still processing
+    by_status = world.server.client().call("public_get_datasets_by_status")
+    assert world.other.dataset_id in by_status.get("processing", []), by_status
+
+
+def test_admin_acts_on_any_dataset(world: World) -> None:
+    client = world.server.client(world.keys["admin"])
+    result = client.call("suspend_dataset", dataset_id=world.other.dataset_id)
+    assert isinstance(result, dict)
+    client.call("resume_dataset", dataset_id=world.other.dataset_id)
+
+
+def test_public_read_off_needs_a_credential(server: Any, db_url: str) -> None:
+    srv = server(db_url, env={"ICEPROD_PUBLIC_READ": "false"})
+    pilot = srv.deployment.passkey("pilot")
+    doc = srv.client().call("rpc.discover")  # open to anyone, whatever public_read says
+    public = [m for m in doc["methods"] if "public" in m["x-roles"]]
+    assert public, "no public methods in rpc.discover"
+    target = Target("00000000000000000000", "00000000000000000000", "00000000000000000000")
+    for method in public:
+        params = params_for(method, target)
+        anonymous = jsonrpc.request(srv.rpc_url, method["name"], params)
+        assert jsonrpc.error_code(anonymous) == -32001, (method["name"], anonymous)
+        keyed = jsonrpc.request(srv.rpc_url, method["name"], params, passkey=pilot)
+        assert jsonrpc.error_code(keyed) not in AUTH_ERRORS + NEVER, (method["name"], keyed)

@@ -1,0 +1,159 @@
+"""Configuration and schema checks as an operator meets them on the command line.
+
+- ``serve`` takes its port from the file, then ``ICEPROD_PORT``, then ``--port``;
+- a bad value stops it with a one-line message naming the option, not a traceback;
+- on an empty or outdated database schema it refuses to start and names
+  ``iceprod-server migrate``, which fixes it;
+- ``--help`` of every command exits 0 and explains its flags.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.servers import (
+    ICEPROD_PILOT,
+    ICEPROD_SERVER,
+    Deployment,
+    http_get,
+    iceprod_server,
+    run_command,
+    start_server,
+    unused_port,
+)
+
+
+def _toml(data_dir: Path, text: str) -> None:
+    path = data_dir / "iceprod.toml"
+    path.write_text(path.read_text() + "\n" + text + "\n")
+
+
+def test_port_from_file_then_environment_then_flag(tmp_path: Path, sqlite_url: str) -> None:
+    dep = Deployment.init(tmp_path / "data", sqlite_url)
+    in_file, in_env, in_flag = unused_port(), unused_port(), unused_port()
+    _toml(dep.data_dir, f"port = {in_file}")
+    runs: list[tuple[dict[str, str], int, bool]] = [
+        ({}, in_file, False),
+        ({"ICEPROD_PORT": str(in_env)}, in_env, False),
+        ({"ICEPROD_PORT": str(in_env)}, in_flag, True),
+    ]
+    for env, port, flag in runs:
+        srv = start_server(dep, tmp_path / "logs", env=env, port=port, port_flag=flag)
+        try:
+            assert http_get(port, "/healthz")[0] == 200
+        finally:
+            srv.stop()
+
+
+def _serve_fails(dep: Deployment, env: dict[str, str] | None = None,
+                 *args: str) -> subprocess.CompletedProcess[str]:
+    proc = run_command([ICEPROD_SERVER, "serve", "--data-dir", str(dep.data_dir),
+                        "--port", str(unused_port()), *args], env=env, check=False,
+                       timeout=60)
+    assert proc.returncode != 0, f"serve started:\n{proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize("how, words", [
+    ("env ICEPROD_PORT=eighty", ("ICEPROD_PORT",)),
+    ("env ICEPROD_LEASE_SECONDS=-1", ("lease_seconds",)),
+    ("file colour = 'red'", ("colour",)),
+    ("file lease_seconds = 'soon'", ("lease_seconds",)),
+    ("flag --port 70000", ("port",)),
+    ("flag --log-level LOUD", ("LOUD",)),
+])
+def test_bad_values_give_clear_errors(tmp_path: Path, sqlite_url: str, how: str,
+                                      words: tuple[str, ...]) -> None:
+    dep = Deployment.init(tmp_path / "data", sqlite_url)
+    kind, _, value = how.partition(" ")
+    env: dict[str, str] = {}
+    args: list[str] = []
+    if kind == "env":
+        name, _, v = value.partition("=")
+        env[name] = v
+    elif kind == "file":
+        _toml(dep.data_dir, value)
+    else:
+        args = value.split()
+    proc = _serve_fails(dep, env, *args)
+    for word in words:
+        assert word in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) <= 3, \
+        f"a bad value should get a short message, not:\n{proc.stderr[-3000:]}"
+
+
+def _downgrade_to_base(url: str) -> None:
+    from alembic import command
+
+    from iceprod_server.db.engine import make_engine
+    from iceprod_server.db.migrate import alembic_config
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "base")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("state", ["empty", "outdated"])
+def test_serve_refuses_an_old_schema_until_migrate(server: Any, tmp_path: Path, db_url: str,
+                                                   state: str) -> None:
+    data_dir = tmp_path / "data"
+    if state == "empty":
+        data_dir.mkdir()
+        (data_dir / "iceprod.toml").write_text(f'db_url = "{db_url}"\n')
+        dep = Deployment(data_dir, db_url)
+    else:
+        dep = Deployment.init(data_dir, db_url)
+        _downgrade_to_base(db_url)
+    proc = _serve_fails(dep)
+    assert "iceprod-server migrate" in proc.stderr, proc.stderr
+    migrated = dep.cli("migrate")
+    assert migrated.returncode == 0
+    # migrate again: nothing to do, and says so
+    assert dep.cli("migrate").returncode == 0
+    srv = server(db_url, deployment=dep)
+    assert srv.client().call("echo", "up") == "up"
+
+
+HELP = {
+    (): ("init", "serve", "migrate", "add-user", "passkey", "submit", "status"),
+    ("init",): ("--data-dir", "--db-url"),
+    ("serve",): ("--data-dir", "--host", "--port"),
+    ("migrate",): ("--data-dir",),
+    ("add-user",): ("--admin", "--password-stdin", "--data-dir"),
+    ("add-site",): ("--data-dir",),
+    ("passkey",): ("issue", "revoke"),
+    ("passkey", "issue"): ("--role", "--user", "--expires", "--data-dir"),
+    ("passkey", "revoke"): ("--data-dir",),
+    ("submit",): ("--njobs", "--url", "--passkey"),
+    ("status",): ("--url",),
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP), ids=lambda c: " ".join(c) or "top")
+def test_help_of_every_command(command: tuple[str, ...]) -> None:
+    out = iceprod_server(*command, "--help", timeout=30).stdout
+    for word in HELP[command]:
+        assert word in out, f"`iceprod-server {' '.join(command)} --help` lacks {word}:\n{out}"
+
+
+def test_help_of_the_pilot() -> None:
+    out = run_command([ICEPROD_PILOT, "--help"], timeout=30).stdout
+    for word in ("--url", "--passkey", "--exit-when-idle", "--cpu", "--gpu", "--memory",
+                 "--disk"):
+        assert word in out, f"iceprod-pilot --help lacks {word}:\n{out}"
+
+
+def test_commands_never_prompt_without_a_terminal(tmp_path: Path, sqlite_url: str) -> None:
+    dep = Deployment.init(tmp_path / "data", sqlite_url)
+    proc = run_command([ICEPROD_SERVER, "add-user", "carol", "--data-dir", str(dep.data_dir)],
+                       input="", check=False, timeout=30)
+    assert proc.returncode != 0
+    assert "--password-stdin" in proc.stderr, proc.stderr

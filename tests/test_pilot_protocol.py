@@ -1,0 +1,231 @@
+"""The pilot protocol, call by call, as an IceProd pilot sees it.
+
+One server per database backend serves the whole module (max_resets 3, logs over 2,000
+bytes go to files). Each test submits its own datasets and suspends them at the end, so no
+test can claim another's tasks.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import databases
+from tests.support.datasets import (
+    claim_one,
+    config,
+    counts,
+    offer,
+    task,
+    wait_counts,
+    wait_until,
+)
+from tests.support.harness import Base, Harness
+from tests.support.jsonrpc import expect_error
+
+MAX_RESETS = 3
+LOG_INLINE_MAX = 2000
+ENV = {"ICEPROD_MAX_RESETS": str(MAX_RESETS), "ICEPROD_LOG_INLINE_MAX": str(LOG_INLINE_MAX)}
+
+
+@pytest.fixture(scope="module")
+def base(module_server: Any, module_db_url: str) -> Base:
+    return Base.start(module_server, module_db_url, ENV)
+
+
+@pytest.fixture
+def h(base: Base) -> Iterator[Harness]:
+    harness = Harness(base)
+    yield harness
+    harness.close()
+
+
+def test_stillrunning_only_for_the_claim(h: Harness) -> None:
+    h.submit()
+    a, b = h.pilot(), h.pilot()
+    opts = claim_one(a)["options"]
+    task_id = opts["task_id"]
+    assert a.call("stillrunning", task_id=task_id) is True
+    assert a.call("stillrunning", task_id=task_id, attempt=opts["attempt"]) is True
+    expect_error(-32004, b.call, "stillrunning", task_id=task_id)
+    expect_error(-32004, a.call, "stillrunning", task_id=task_id, attempt=opts["attempt"] + 1)
+    expect_error(-32003, a.call, "stillrunning", task_id="ffffffffffffffffffff")
+    assert h.task(task_id)["status"] == "processing"
+
+
+def test_set_processing_claims_a_queued_task(h: Harness) -> None:
+    dataset_id = h.submit()
+    wait_counts(h.public, dataset_id, {"queued": 1})
+    queued = h.public.call("public_get_tasks", dataset_id=dataset_id,
+                                 status="queued")["items"]
+    task_id = queued[0]["task_id"]
+    a, b = h.pilot(), h.pilot()
+    assert a.call("set_processing", task_id=task_id) is True
+    assert a.call("set_processing", task_id=task_id) is True  # a repeat changes nothing
+    expect_error(-32004, b.call, "set_processing", task_id=task_id)
+    assert b.call("new_task", **offer()) == []
+    assert counts(h.public, dataset_id) == {"processing": 1}
+    a.call("finish_task", task_id=task_id, stats={})
+    wait_counts(h.public, dataset_id, {"complete": 1})
+
+
+def test_finish_task_twice_is_a_no_op_success(h: Harness) -> None:
+    dataset_id = h.submit()
+    a = h.pilot()
+    opts = claim_one(a)["options"]
+    stats = {"hostname": "node1", "time_used": 12.5}
+    a.call("finish_task", task_id=opts["task_id"], stats=stats, attempt=opts["attempt"])
+    a.call("finish_task", task_id=opts["task_id"], stats=stats, attempt=opts["attempt"])
+    a.call("finish_task", task_id=opts["task_id"], stats=stats)
+    info = h.task(opts["task_id"])
+    assert info["status"] == "complete"
+    assert len(info["attempts"]) == 1, "a repeated finish_task stored another task_stat"
+    assert info["attempts"][0]["hostname"] == "node1"
+    assert info["attempts"][0]["time_used"] == 12.5
+    expect_error(-32004, h.pilot().call, "finish_task", task_id=opts["task_id"], stats={})
+    assert counts(h.public, dataset_id) == {"complete": 1}
+
+
+def test_task_error_resets_then_fails_after_max_resets(h: Harness) -> None:
+    dataset_id = h.submit()
+    a = h.pilot()
+    task_id = None
+    for failure in range(1, MAX_RESETS + 1):
+        opts = claim_one(a)["options"]
+        task_id = task_id or opts["task_id"]
+        assert opts["task_id"] == task_id and opts["attempt"] == failure
+        result = a.call("task_error", task_id=task_id, attempt=opts["attempt"],
+                        error_info={"error": f"failure {failure}", "hostname": "node1"})
+        expected = "failed" if failure == MAX_RESETS else "reset"
+        assert result["status"] == expected, result
+        # the same report again changes nothing
+        a.call("task_error", task_id=task_id, attempt=opts["attempt"], error_info={})
+        # and finishing the failed attempt is refused
+        expect_error(-32004, a.call, "finish_task", task_id=task_id, stats={})
+    assert task_id is not None
+    info = h.task(task_id)
+    assert (info["status"], info["failures"]) == ("failed", MAX_RESETS)
+    assert [at["error"] for at in info["attempts"]] == [True] * MAX_RESETS
+    assert info["attempts"][-1]["stats"]["error"] == f"failure {MAX_RESETS}"
+    wait_counts(h.public, dataset_id, {"failed": 1})
+    assert a.call("new_task", **offer()) == []
+
+
+def test_task_error_on_a_debug_dataset_suspends(h: Harness) -> None:
+    dataset_id = h.submit(debug=True)
+    a = h.pilot()
+    opts = claim_one(a)["options"]
+    assert opts["debug"] is True
+    result = a.call("task_error", task_id=opts["task_id"], error_info={"error": "boom"})
+    assert result["status"] == "suspended"
+    wait_counts(h.public, dataset_id, {"suspended": 1})
+    assert h.task(opts["task_id"])["failures"] == 1
+
+
+@pytest.mark.parametrize("error_info, grown", [
+    ({"error": "Resource overuse for memory: 3.2GB"}, "memory"),
+    ({"error": "killed", "resources": {"memory": 1.7, "time": 0.1}}, "memory"),
+    ({"error": "Resource overuse for time", "resources": {"time": 2.0}}, "time"),
+])
+def test_overuse_grows_the_requirement(h: Harness, error_info: dict[str, Any],
+                                       grown: str) -> None:
+    h.submit(config(task("t", requirements={"memory": 1.0, "time": 1.0, "disk": 1.0})))
+    a = h.pilot()
+    first = claim_one(a)["options"]
+    assert first["resources"][grown] == 1.0
+    a.call("task_error", task_id=first["task_id"], error_info=error_info)
+    requirements = h.task(first["task_id"])["requirements"]
+    assert requirements[grown] == pytest.approx(1.5), requirements
+    others = {"memory", "time", "disk"} - {grown}
+    assert all(requirements[k] == 1.0 for k in others), requirements
+    # once queued again, an offer below the grown requirement does not get it
+    wait_until("the task to be queued again",
+               lambda: h.task(first["task_id"])["status"] == "queued")
+    small: dict[str, Any] = {grown: 1.2}
+    assert a.call("new_task", **offer(**small)) == []
+    again = claim_one(a)["options"]
+    assert again["task_id"] == first["task_id"]
+    assert again["resources"][grown] == pytest.approx(1.5)
+    a.call("finish_task", task_id=again["task_id"], stats={})
+
+
+def test_upload_logfile_plain_packed_and_large(h: Harness) -> None:
+    h.submit()
+    a = h.pilot()
+    task_id = claim_one(a)["options"]["task_id"]
+    a.call("upload_logfile", task=task_id, name="stdout", data="line one\nline two\n")
+    packed = base64.b64encode(zlib.compress(b"an IceProd 2 pilot's stderr\n")).decode()
+    a.call("upload_logfile", task=task_id, name="stderr", data=packed)
+    big = "".join(f"stdlog line {i:05d} {'x' * 40}\n" for i in range(2000))
+    assert len(big) > 40 * LOG_INLINE_MAX
+    a.call("upload_logfile", task=task_id, name="stdlog", data=big)
+    expect_error(-32004, h.pilot().call, "upload_logfile", task=task_id, name="stdout",
+                 data="not mine")
+    logs = {log["name"]: log for log in h.task(task_id)["logs"]}
+    assert logs["stdout"]["tail"].splitlines() == ["line one", "line two"]
+    assert logs["stderr"]["tail"].strip() == "an IceProd 2 pilot's stderr"
+    assert logs["stdlog"]["tail"].splitlines()[-1] == f"stdlog line 01999 {'x' * 40}"
+    assert "line 00000" not in logs["stdlog"]["tail"], "the tail should be the end only"
+    assert logs["stdlog"]["size"] == len(big)
+
+    rows = databases.query(h.srv.db_url, "SELECT name, data, path FROM task_logs "
+                           "WHERE task_id = :t", t=task_id)
+    stored = {name: (data, path) for name, data, path in rows}
+    assert stored["stdout"][0] == "line one\nline two\n" and stored["stdout"][1] is None
+    data, path = stored["stdlog"]
+    assert data is None and path, "a large log must go to a file, not a database row"
+    assert (Path(h.srv.data_dir) / path).read_text() == big
+    a.call("finish_task", task_id=task_id, stats={})
+
+
+def test_update_pilot_records_the_pilot(h: Harness) -> None:
+    a = h.pilot()
+    resources = {"cpu": 4, "gpu": 0, "memory": 8.0}
+    assert a.call("update_pilot", pilot_id="pilot-xyz", tasks=[],
+                  resources_available=resources, resources_claimed={}) is True
+    assert a.call("update_pilot", pilot_id="pilot-xyz", tasks=["t1"],
+                  resources_available={"cpu": 3}, resources_claimed={"cpu": 1}) is True
+    rows = databases.query(h.srv.db_url, "SELECT pilot_id, tasks FROM pilots "
+                           "WHERE pilot_id = 'pilot-xyz'")
+    assert len(rows) == 1 and "t1" in str(rows[0][1]), rows
+    expect_error(-32602, a.call, "update_pilot", pilot_id="")
+
+
+def test_cpu_packing(h: Harness) -> None:
+    dataset_id = h.submit(njobs=6)
+    wait_counts(h.public, dataset_id, {"queued": 6})
+    a = h.pilot()
+    first = a.call("new_task", **offer(cpu=4))
+    assert len(first) == 4, "a pilot offering 4 cpus should get 4 one-cpu tasks"
+    assert len({t["options"]["task_id"] for t in first}) == 4
+    second = a.call("new_task", **offer(cpu=4))
+    assert len(second) == 2
+    assert a.call("new_task", **offer(cpu=4)) == []
+    for desc in first + second:
+        a.call("finish_task", task_id=desc["options"]["task_id"], stats={})
+    wait_counts(h.public, dataset_id, {"complete": 6})
+
+
+def test_memory_and_gpu_packing(h: Harness) -> None:
+    mem = h.submit(config(task("big", requirements={"memory": 2.0})), njobs=4)
+    gpu = h.submit(config(task("hits", requirements={"gpu": 1, "memory": 1.0})), njobs=3)
+    wait_counts(h.public, mem, {"queued": 4})
+    wait_counts(h.public, gpu, {"queued": 3})
+    a = h.pilot()
+    # 4 cpus but 5 GB: two 2 GB tasks fit, and no GPU task without a GPU
+    got = a.call("new_task", **offer(cpu=4, gpu=0, memory=5.0))
+    assert [t["options"]["task"] for t in got] == ["big", "big"], got
+    # one GPU: at most one GPU task, whatever the cpus; memory tasks fill the rest
+    got2 = a.call("new_task", **offer(cpu=4, gpu=1, memory=16.0))
+    names = sorted(t["options"]["task"] for t in got2)
+    assert names.count("hits") == 1, names
+    assert names.count("big") == 2, names
+    assert sum(t["options"]["resources"]["gpu"] for t in got2) == 1
+    for desc in got + got2:
+        a.call("finish_task", task_id=desc["options"]["task_id"], stats={})
+    assert counts(h.public, gpu).get("queued") == 2

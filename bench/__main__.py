@@ -1,0 +1,146 @@
+"""``python -m bench``: run the benchmarks, print their tables, save the figures as JSON.
+
+Usage::
+
+    python -m bench [--quick] [--only echo,pilot,count] [--db sqlite,mariadb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import count, echo, pilot, report
+from bench.backends import BACKENDS, mariadb_available
+from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
+
+BENCHMARKS = ("echo", "pilot", "count")
+
+
+def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(unknown) or '(none)'}; choose from "
+            f"{','.join(allowed)}")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the IceProd server: echo vs a bare Tornado handler, the "
+        "pilot cycle at two queue lengths, and task counts on a million-task dataset. "
+        "Figures are printed as tables with ratios to baselines measured in the same run, "
+        "and saved under bench/results/.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and short runs: a smoke test of a few minutes")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), metavar="LIST",
+                        type=lambda t: _names(t, BENCHMARKS, "benchmark"),
+                        help="benchmarks to run, comma-separated (default: all: "
+                             "echo,pilot,count)")
+    parser.add_argument("--db", default=None, metavar="LIST",
+                        type=lambda t: _names(t, BACKENDS, "database"),
+                        help="databases for the pilot and count benchmarks (default: "
+                             "sqlite,mariadb; MariaDB is skipped with a note when "
+                             "127.0.0.1:3306 does not answer)")
+    return parser.parse_args(argv)
+
+
+def _databases(requested: list[str] | None, results: dict[str, Any]) -> list[str]:
+    dbs = requested or list(BACKENDS)
+    if "mariadb" in dbs:
+        version = mariadb_available()
+        results["machine"]["mariadb"] = version
+        if version is None:
+            if requested:
+                raise BenchError("MariaDB does not answer on 127.0.0.1:3306 (user root)")
+            print("note: MariaDB does not answer on 127.0.0.1:3306: skipping it\n")
+            dbs = [d for d in dbs if d != "mariadb"]
+    return dbs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    interrupt_on_sigterm()
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "quick": args.quick, "machine": report.machine(),
+                               "benchmarks": {}}
+    started = time.monotonic()
+    m = results["machine"]
+    print(f"IceProd server benchmarks on {m['host']}: {m['cpus']} CPUs, load average "
+          f"{m['load_average'][0]:.2f}, Python {m['python']}, Tornado {m['tornado']}, "
+          f"SQLite {m['sqlite']}{' (quick run)' if args.quick else ''}\n")
+    try:
+        dbs = _databases(args.db, results) if {"pilot", "count"} & set(args.only) else []
+        runners: dict[str, Callable[[], Any]] = {
+            "echo": lambda: _with_cleanup(
+                lambda c: echo.run(c, echo.QUICK if args.quick else echo.Settings())),
+            "pilot": lambda: pilot.run_all(
+                dbs, pilot.QUICK if args.quick else pilot.Settings(),
+                results["benchmarks"].get("echo")),
+            "count": lambda: count.run_all(
+                dbs, count.QUICK if args.quick else count.Settings()),
+        }
+        for name in BENCHMARKS:
+            if name in args.only:
+                print(f"== {name}", flush=True)
+                results["benchmarks"][name] = runners[name]()
+    except KeyboardInterrupt:
+        print("\ninterrupted: every server and database started was stopped and removed",
+              file=sys.stderr)
+        return 130
+    except BenchError as e:
+        print(f"\nbenchmark failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        results["seconds"] = round(time.monotonic() - started, 1)
+        if results["benchmarks"]:
+            path = report.write_results(report.clean_nan(results))
+            print(f"figures saved to {path}")
+    summary = summary_lines(results)
+    if summary:
+        print("\n== summary (ratios measured in this run)")
+        print("\n".join(summary))
+    print(f"\ntotal time {results['seconds']:.0f} s")
+    return 0
+
+
+def _with_cleanup(fn: Callable[[Cleanup], Any]) -> Any:
+    with Cleanup() as cleanup:
+        return fn(cleanup)
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    b = results["benchmarks"]
+    lines = []
+    if "echo" in b:
+        r = b["echo"]["ratios"]
+        lines.append(f"  echo / hello-world requests/s:            "
+                     f"{report.fmt_ratio(r['echo/hello'])}")
+        lines.append(f"  echo with passkey / hello-world:           "
+                     f"{report.fmt_ratio(r['echo_passkey/hello'])}")
+    if "pilot" in b:
+        small, large = (f"{n:,}" for n in b["pilot"]["settings"]["queues"])
+        for db, r in b["pilot"]["ratios"].items():
+            lines.append(f"  pilot cycle {db}, {large} / {small} queued: tasks/s "
+                         f"{report.fmt_ratio(r['tasks_per_s_large/small'])}, new_task p50 "
+                         f"{report.fmt_ratio(r['new_task_p50_large/small'])} (one pilot "
+                         f"alone {report.fmt_ratio(r['solo_new_task_p50_large/small'])})")
+        for db, by_size in b["pilot"]["scenarios"].items():
+            for queued, f in by_size.items():
+                lines.append(f"  pilot cycle {db}, {int(queued):,} queued: "
+                             f"{report.fmt(f['tasks_per_s'])} tasks/s, calls/s over echo "
+                             f"{report.fmt_ratio(f['ratios']['calls_per_s/echo_calls_per_s'])}")
+    for db, r in b.get("count", {}).get("databases", {}).items():
+        lines.append(f"  task counts {db}: p50 {report.fmt(r['count']['p50_ms'])} ms, "
+                     f"{report.fmt(r['ratios']['count_p50/echo_p50'], 0)}x an echo")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -269,3 +269,29 @@ class AuditLog(Base):
     params: Mapped[Any] = mapped_column(JsonCol, default=dict)
     rows: Mapped[int] = mapped_column(Integer, default=0)
     __table_args__ = (Index("ix_audit_log_created", "created"),)
+
+
+class TaskCount(Base):
+    """How many tasks of each definition are in each state. Kept exact by database triggers
+    on ``tasks`` (:mod:`iceprod_server.db.triggers`), so counts cost the same with a million
+    tasks as with ten."""
+
+    __tablename__ = "task_counts"
+    dataset_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True)
+    task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class TaskStatHour(Base):
+    """Finished and failed attempts per dataset and hour (epoch seconds // 3600), kept by a
+    trigger on ``task_stats``: the throughput charts read these, never the stats rows."""
+
+    __tablename__ = "task_stat_hours"
+    dataset_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True)
+    complete: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    __table_args__ = (Index("ix_task_stat_hours_hour", "hour"),)

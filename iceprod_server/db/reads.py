@@ -1,7 +1,8 @@
 """Read queries behind the ``public_*`` methods: datasets, jobs, tasks, counts and stats.
 
-Counts are GROUP BY queries on indexed columns; lists are keyset-paginated by id (``after``
-is the last id of the previous page, ``next`` the ``after`` of the following one); stats
+Counts come from the trigger-maintained ``task_counts`` and ``task_stat_hours``; lists are
+keyset-paginated by id (``after`` is the last id of the previous page, ``next`` the
+``after`` of the following one); stats
 that need every row (percentiles) use a bounded sample of the most recent rows. Tasks of
 jobs that are not materialised yet count as ``idle``, unless the dataset is truncated.
 """
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, Select, cast, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
@@ -24,9 +25,11 @@ from iceprod_server.db.models import (
     Job,
     Site,
     Task,
+    TaskCount,
     TaskDef,
     TaskLog,
     TaskStat,
+    TaskStatHour,
     User,
 )
 from iceprod_server.errors import InvalidParams, NotFound
@@ -87,12 +90,13 @@ def _unmaterialized_jobs(dataset: Dataset) -> int:
 
 
 def task_counts(s: Session, dataset_id: str) -> dict[str, int]:
-    """Tasks of the dataset by status, zero counts left out."""
+    """Tasks of the dataset by status, zero counts left out (from the maintained counters)."""
     dataset = _dataset(s, dataset_id)
-    counts: dict[str, int] = {
-        status: int(n) for status, n in s.execute(
-            select(Task.status, func.count()).where(Task.dataset_id == dataset_id)
-            .group_by(Task.status))}
+    counts: dict[str, int] = {}
+    for status, n in s.execute(
+            select(TaskCount.status, func.sum(TaskCount.n))
+            .where(TaskCount.dataset_id == dataset_id).group_by(TaskCount.status)):
+        counts[status] = int(n)
     pending = _unmaterialized_jobs(dataset) * dataset.ntasks
     if pending:
         counts["idle"] = counts.get("idle", 0) + pending
@@ -104,16 +108,28 @@ def task_counts_by_name(s: Session, dataset_id: str) -> dict[str, dict[str, int]
     names: dict[int, str] = {i: n for i, n in s.execute(
         select(TaskDef.task_index, TaskDef.name).where(TaskDef.dataset_id == dataset_id))}
     out: dict[str, dict[str, int]] = {name: {} for name in names.values()}
-    # grouped in the order of ix_tasks_dataset_status (dataset_id, status, task_index)
-    for status, index, n in s.execute(
-            select(Task.status, Task.task_index, func.count())
-            .where(Task.dataset_id == dataset_id).group_by(Task.status, Task.task_index)):
+    for index, status, n in s.execute(
+            select(TaskCount.task_index, TaskCount.status, TaskCount.n)
+            .where(TaskCount.dataset_id == dataset_id, TaskCount.n > 0)):
         out.setdefault(names.get(index, str(index)), {})[status] = int(n)
     pending = _unmaterialized_jobs(dataset)
     if pending:
         for name in names.values():
             out[name]["idle"] = out[name].get("idle", 0) + pending
     return out
+
+
+def system_task_counts(s: Session) -> dict[str, int]:
+    """Tasks of every dataset by status, zero counts left out."""
+    counts = {status: int(n) for status, n in s.execute(
+        select(TaskCount.status, func.sum(TaskCount.n)).group_by(TaskCount.status)) if n}
+    pending = s.scalar(select(func.sum((Dataset.njobs - Dataset.jobs_materialized)
+                                       * Dataset.ntasks))
+                       .where(Dataset.status != "truncated",
+                              Dataset.jobs_materialized < Dataset.njobs))
+    if pending:
+        counts["idle"] = counts.get("idle", 0) + int(pending)
+    return counts
 
 
 def _dataset_dict(d: Dataset, owner: str | None, group: str | None) -> dict[str, Any]:
@@ -333,15 +349,16 @@ def throughput(s: Session, dataset_id: str | None = None, hours: int = 24) -> di
         _dataset(s, dataset_id)
     current = int(time.time()) // 3600
     first = current - hours + 1
-    bucket = cast(TaskStat.created, Integer) // 3600
-    stmt = (select(bucket, TaskStat.error, func.count())
-            .where(TaskStat.created >= first * 3600).group_by(bucket, TaskStat.error))
+    stmt = (select(TaskStatHour.hour, func.sum(TaskStatHour.complete),
+                   func.sum(TaskStatHour.failed))
+            .where(TaskStatHour.hour >= first).group_by(TaskStatHour.hour))
     if dataset_id is not None:
-        stmt = stmt.where(TaskStat.dataset_id == dataset_id)
+        stmt = stmt.where(TaskStatHour.dataset_id == dataset_id)
     buckets = [{"start": float(h * 3600), "complete": 0, "failed": 0}
                for h in range(first, current + 1)]
-    for hour, error, n in s.execute(stmt):
+    for hour, complete, failed in s.execute(stmt):
         i = int(hour) - first
         if 0 <= i < len(buckets):
-            buckets[i]["failed" if error else "complete"] += int(n)
+            buckets[i]["complete"] += int(complete or 0)
+            buckets[i]["failed"] += int(failed or 0)
     return {"hours": hours, "dataset_id": dataset_id, "buckets": buckets}

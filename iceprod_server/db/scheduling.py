@@ -15,7 +15,15 @@ from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from iceprod_server.db.ids import new_ids
-from iceprod_server.db.models import Dataset, Group, Job, Task, TaskDef, TaskDefDep
+from iceprod_server.db.models import (
+    Dataset,
+    Group,
+    Job,
+    Task,
+    TaskCount,
+    TaskDef,
+    TaskDefDep,
+)
 from iceprod_server.db.util import changed
 
 LIVE = ("idle", "waiting", "queued", "processing", "reset", "resume")
@@ -34,9 +42,9 @@ def materialize_jobs(s: Session, batch: int, low_water: int) -> int:
         .order_by(Dataset.priority.desc(), Dataset.dataset_id)
     ).all()
     for ds in datasets:
-        live = s.scalar(select(func.count()).select_from(Task)
-                        .where(Task.dataset_id == ds.dataset_id,
-                               Task.status.in_(("idle", "waiting", "queued"))))
+        live = s.scalar(select(func.sum(TaskCount.n))
+                        .where(TaskCount.dataset_id == ds.dataset_id,
+                               TaskCount.status.in_(("idle", "waiting", "queued"))))
         if live and live >= low_water:
             continue
         count = min(batch, ds.njobs - ds.jobs_materialized)
@@ -126,7 +134,7 @@ def queue_waiting(s: Session, queue_depth: int) -> int:
     negation, so claims (which read the queue in rank order) take the highest first and, at
     equal priority, the oldest task.
     """
-    queued = s.scalar(select(func.count()).select_from(Task).where(Task.status == "queued"))
+    queued = s.scalar(select(func.sum(TaskCount.n)).where(TaskCount.status == "queued"))
     room = queue_depth - int(queued or 0)
     if room <= 0:
         return 0
@@ -241,9 +249,9 @@ def _derive_dataset(s: Session, dataset_id: str, now: float) -> int:
     ds = s.get(Dataset, dataset_id)
     if ds is None or ds.status == "suspended":
         return 0  # a suspended dataset stays so until a human resumes it
-    counts = dict(s.execute(select(Task.status, func.count())
-                            .where(Task.dataset_id == dataset_id)
-                            .group_by(Task.status)).all())
+    counts = {status: int(n) for status, n in s.execute(
+        select(TaskCount.status, func.sum(TaskCount.n))
+        .where(TaskCount.dataset_id == dataset_id).group_by(TaskCount.status)) if n}
     unmade = 0
     if ds.status != "truncated" and ds.jobs_materialized < ds.njobs:
         unmade = (ds.njobs - ds.jobs_materialized) * ds.ntasks

@@ -189,6 +189,23 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('log_id')
     )
     op.create_index('ix_task_logs_task', 'task_logs', ['task_id', 'name', 'created'], unique=False)
+    op.create_table('task_counts',
+    sa.Column('dataset_id', sa.String(length=32), nullable=False),
+    sa.Column('task_index', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('n', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.dataset_id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('dataset_id', 'task_index', 'status')
+    )
+    op.create_table('task_stat_hours',
+    sa.Column('dataset_id', sa.String(length=32), nullable=False),
+    sa.Column('hour', sa.Integer(), nullable=False),
+    sa.Column('complete', sa.BigInteger(), nullable=False),
+    sa.Column('failed', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['dataset_id'], ['datasets.dataset_id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('dataset_id', 'hour')
+    )
+    op.create_index('ix_task_stat_hours_hour', 'task_stat_hours', ['hour'], unique=False)
     op.create_table('task_stats',
     sa.Column('stat_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('task_id', sa.String(length=32), nullable=False),
@@ -208,6 +225,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('task_stat_hours')
+    op.drop_table('task_counts')
     op.drop_table('task_stats')
     op.drop_table('task_logs')
     op.drop_table('tasks')

@@ -3,43 +3,59 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import tornado.web
 
-from iceprod_server.handlers import health, jsonrpc
+from iceprod_server.handlers import health, jsonrpc, live, login, pages_datasets, pages_site
 from iceprod_server.rpc import methods
 from iceprod_server.rpc.dispatcher import Dispatcher
 from iceprod_server.services import Services
 
 access_log = logging.getLogger("iceprod_server.access")
+PACKAGE = Path(__file__).resolve().parent
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log: status, time and path, never a query string (it may carry a secret)."""
+    """Access log: status, time, caller role and path, never a query string (it may carry
+    a secret)."""
     status = handler.get_status()
     if status < 400:
-        level = logging.DEBUG if handler.request.path == "/healthz" else logging.INFO
+        quiet = handler.request.path == "/healthz" or handler.request.path.startswith(
+            "/static/")
+        level = logging.DEBUG if quiet else logging.INFO
     elif status < 500:
         level = logging.WARNING
     else:
         level = logging.ERROR
-    access_log.log(level, "%d %s %s %.1fms", status, handler.request.method,
-                   handler.request.path, 1000.0 * handler.request.request_time())
+    caller = getattr(handler, "caller", None)
+    role = getattr(caller, "role", None) or "-"
+    access_log.log(level, "%d %s %s %.1fms role=%s", status, handler.request.method,
+                   handler.request.path, 1000.0 * handler.request.request_time(), role)
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     methods.load()
     dispatcher = Dispatcher(services)
+    limiter = login.LoginLimiter(services.config.login_attempts_per_minute)
     routes: list[Any] = [
         *health.routes(),
         *jsonrpc.routes(dispatcher),
+        *login.routes(limiter),
+        *pages_site.routes(),
+        *pages_datasets.routes(),
+        *live.routes(),
     ]
     settings: dict[str, Any] = {
         "services": services,
         "dispatcher": dispatcher,
         "cookie_secret": services.cookie_secret,
         "xsrf_cookies": True,
+        "xsrf_cookie_kwargs": {"samesite": "Strict"},
+        "login_url": "/login",
+        "template_path": str(PACKAGE / "templates"),
+        "static_path": str(PACKAGE / "static"),
         "log_function": log_request,
         "compress_response": True,
     }

@@ -52,6 +52,13 @@ class Config:
     log_inline_max: int = 256 * 1024
     # seconds an authenticated passkey stays cached in a server process
     auth_cache_seconds: float = 0.5
+    # hours a login lasts
+    session_hours: float = 24.0
+    # failed logins allowed per user name and address per minute; more get 429
+    login_attempts_per_minute: int = 5
+    # Secure flag on the login cookie: "auto" (when the request came over HTTPS, directly
+    # or through the trusted proxy), "always" or "never"
+    cookie_secure: str = "auto"
     # address of the reverse proxy whose X-Real-IP / client-certificate headers are trusted
     trusted_proxy: str = ""
     log_level: str = "INFO"
@@ -171,6 +178,9 @@ def _validate(config: Config) -> None:
     for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.cookie_secure not in ("auto", "always", "never"):
+        raise ConfigError(f"cookie_secure must be auto, always or never, "
+                          f"got {config.cookie_secure!r}")
     if config.db_url and not config.db_url.startswith(("sqlite", "mysql", "mariadb")):
         raise ConfigError(
             f"db_url must be sqlite:///PATH or mysql+mysqldb://USER@HOST/DB, got {config.db_url!r}"

@@ -82,6 +82,14 @@ def verify_login(s: Session, username: str, password: str) -> dict[str, Any] | N
     return _user_dict(user)
 
 
+def session_user(s: Session, user_id: str) -> dict[str, Any] | None:
+    """The user a login cookie names, if it still exists and is enabled."""
+    user = s.get(User, user_id)
+    if user is None or user.disabled:
+        return None
+    return _user_dict(user)
+
+
 def issue_passkey(s: Session, role: str, username: str | None = None,
                   site_id: str | None = None, expires_in: float | None = None,
                   description: str = "") -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""The base handler: credentials, error pages, and the services every handler reaches."""
+"""The base handler: credentials, the login session, error pages, and the services every
+handler reaches.
+
+A request is authenticated by a passkey (``Authorization: Bearer``), a site's credentials,
+or the signed login cookie of a human. Pages load the human in ``prepare``; the JSON-RPC
+endpoint asks :meth:`caller_from_request`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,32 @@ import json
 import logging
 from typing import Any
 
+import tornado.escape
 import tornado.web
 
-from iceprod_server.rpc.context import Caller
+from iceprod_server.rpc.context import ANONYMOUS, Caller
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
 
+SESSION_COOKIE = "iceprod_session"
+
 
 class BaseHandler(tornado.web.RequestHandler):
+    caller: Caller = ANONYMOUS
+
     @property
     def services(self) -> Services:
         services: Services = self.settings["services"]
         return services
+
+    async def prepare(self) -> None:
+        self.caller = await self.session_caller() or ANONYMOUS
+
+    def get_current_user(self) -> Caller | None:
+        return self.caller if self.caller.role else None
+
+    # -- credentials -------------------------------------------------------------------
 
     def bearer_token(self) -> str | None:
         header = self.request.headers.get("Authorization", "")
@@ -35,7 +54,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     async def caller_from_request(self, legacy_passkey: str | None = None,
                                   legacy_site_id: str | None = None) -> Caller:
-        """Authenticate the request: Bearer header first, then the legacy params."""
+        """Authenticate: Bearer header first, then the legacy params, then the login
+        cookie (whose XSRF token the handler has checked already)."""
         auth = self.services.auth
         token = self.bearer_token() or legacy_passkey
         pilot_ref = self.request.headers.get("X-IceProd-Pilot", "")
@@ -45,8 +65,79 @@ class BaseHandler(tornado.web.RequestHandler):
             if trusted and self.request.remote_ip == trusted:
                 cert_dn = self.request.headers.get("X-SSL-Client-DN")
             return await auth.from_site(legacy_site_id, token, cert_dn)
+        if token is None and self.caller.role is not None:
+            return self.caller
         return await auth.from_passkey(token, pilot_ref)
 
+    # -- login session -----------------------------------------------------------------
+
+    async def session_caller(self) -> Caller | None:
+        """The logged-in human, from the signed cookie, if the login is still valid."""
+        days = self.services.config.session_hours / 24.0
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
+        if not raw:
+            return None
+        return await self.services.auth.from_session(raw.decode())
+
+    def start_session(self, user_id: str) -> None:
+        self.set_signed_cookie(SESSION_COOKIE, user_id,
+                               expires_days=self.services.config.session_hours / 24.0,
+                               httponly=True, secure=self.cookie_secure(), samesite="Lax")
+
+    def end_session(self) -> None:
+        self.clear_cookie(SESSION_COOKIE)
+
+    def cookie_secure(self) -> bool:
+        mode = self.services.config.cookie_secure
+        if mode == "auto":
+            return self.request.protocol == "https"
+        return mode == "always"
+
+    # -- pages -------------------------------------------------------------------------
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace.update(caller=self.caller, public_read=self.services.config.public_read,
+                         json_dumps=json.dumps)
+        return namespace
+
+    def wants_json(self) -> bool:
+        accept = self.request.headers.get("Accept", "")
+        return (self.request.path.startswith(("/jsonrpc", "/healthz", "/api"))
+                or ("application/json" in accept and "text/html" not in accept))
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "error": self._reason}))
+        reason = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            reason = exc.log_message % exc.args if exc.args else exc.log_message
+        if self.wants_json():
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"status": status_code, "error": reason}))
+            return
+        self.render("error.html", status_code=status_code, reason=reason)
+
+
+class PageHandler(BaseHandler):
+    """A page: readable without login while ``public_read`` is on."""
+
+    public = True
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.caller.role is None and not (self.public and
+                                             self.services.config.public_read):
+            url = self.get_login_url() + "?next=" + tornado.escape.url_escape(self.request.uri
+                                                                              or "/")
+            self.redirect(url)
+
+
+class AdminPageHandler(PageHandler):
+    public = False
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self._finished:
+            return
+        if not self.caller.is_admin:
+            raise tornado.web.HTTPError(403, "this page is for administrators")

@@ -23,10 +23,11 @@ class JSONRPCHandler(BaseHandler):
         self.too_large = False
 
     def check_xsrf_cookie(self) -> None:
-        # passkey callers carry no cookie; cookie sessions are checked where they are read
+        # passkey callers carry no cookie: the token is checked in prepare, and only for
+        # callers that a login cookie authenticates
         pass
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         if self.request.method != "POST":
             return
         limit = self.services.config.max_body_bytes
@@ -35,9 +36,15 @@ class JSONRPCHandler(BaseHandler):
             self.too_large = True
             self.set_status(413)
             self.finish({"error": f"request body over {limit} bytes"})
-        elif self.request.connection is not None:
+            return
+        if self.request.connection is not None:
             # Tornado itself refuses bodies over its own limit with 400; allow ours
             self.request.connection.set_max_body_size(limit + 1)  # type: ignore[attr-defined]
+        if self.bearer_token() is None:
+            await super().prepare()
+            if self.caller.role is not None:
+                # a browser session: the page must prove it is ours (XSRF token header)
+                tornado.web.RequestHandler.check_xsrf_cookie(self)
 
     def data_received(self, chunk: bytes) -> None:
         if self.too_large:

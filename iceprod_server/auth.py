@@ -6,6 +6,8 @@ revoked from the command line stops working on running servers almost at once.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 
 from iceprod_server.db import users
@@ -19,6 +21,7 @@ class Authenticator:
         self.db = db
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Caller]] = {}
+        self._pending: dict[str, asyncio.Future[Caller | None]] = {}
 
     async def from_passkey(self, token: str | None, pilot_ref: str = "") -> Caller:
         """The caller a passkey identifies; anonymous without one.
@@ -34,21 +37,34 @@ class Authenticator:
         if hit is not None and now - hit[0] < self.cache_seconds:
             caller = hit[1]
         else:
-            found = await self.db.read(users.lookup_passkey, token)
+            # requests arriving together with the same key share one lookup
+            pending = self._pending.get(token)
+            if pending is None:
+                pending = asyncio.ensure_future(self._lookup(token))
+                self._pending[token] = pending
+                pending.add_done_callback(lambda _f: self._pending.pop(token, None))
+            found = await asyncio.shield(pending)
             if found is None:
                 self._cache.pop(token, None)
                 raise NotAuthenticated("invalid, expired or revoked passkey")
-            caller = Caller(role=found["role"], key_id=found["key_id"],
-                            user_id=found["user_id"], username=found["username"],
-                            site_id=found["site_id"])
-            if found["expires"] is not None and found["expires"] <= time.time():
-                raise NotAuthenticated("passkey expired")
-            if len(self._cache) > 10000:
-                self._cache.clear()
-            self._cache[token] = (now, caller)
+            caller = found
+        if caller.expires is not None and caller.expires <= time.time():
+            raise NotAuthenticated("passkey expired")
         if pilot_ref:
-            caller = Caller(caller.role, caller.key_id, caller.user_id, caller.username,
-                            caller.site_id, pilot_ref[:64])
+            caller = dataclasses.replace(caller, pilot_ref=pilot_ref[:64])
+        return caller
+
+    async def _lookup(self, token: str) -> Caller | None:
+        started = time.monotonic()
+        found = await self.db.read(users.lookup_passkey, token)
+        if found is None:
+            return None
+        caller = Caller(role=found["role"], key_id=found["key_id"], user_id=found["user_id"],
+                        username=found["username"], site_id=found["site_id"],
+                        expires=found["expires"])
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[token] = (started, caller)
         return caller
 
     async def from_site(self, site_id: str, token: str | None,

@@ -217,7 +217,9 @@ def derive_status(s: Session, since: Cursor,
     """
     ts, tid = since
     recent = s.execute(select(Task.job_id, Task.status_changed, Task.task_id)
-                       .where(or_(Task.status_changed > ts,
+                       # the first term lets the database seek the index
+                       .where(Task.status_changed >= ts,
+                              or_(Task.status_changed > ts,
                                   and_(Task.status_changed == ts, Task.task_id > tid)))
                        .order_by(Task.status_changed, Task.task_id).limit(batch)).all()
     job_ids = sorted({r.job_id for r in recent})

@@ -18,6 +18,8 @@ class Caller:
     site_id: str | None = None
     # sent by a pilot in X-IceProd-Pilot: tells apart pilots that share one passkey
     pilot_ref: str = ""
+    # when the passkey that authenticated the caller expires (epoch seconds)
+    expires: float | None = None
 
     @property
     def claimant(self) -> str:

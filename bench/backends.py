@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import create_engine, text
 
 from bench.procs import BenchError, Cleanup, run_cli, temp_dir
 
@@ -26,12 +26,6 @@ class Installation:
     data_dir: Path
     db_url: str
     pilot_key: str
-
-    def engine(self) -> Engine:
-        """An engine for bulk loading and checks, made by the server's own factory."""
-        from iceprod_server.db.engine import make_engine
-
-        return make_engine(self.db_url, pool_size=2)
 
 
 def mariadb_available() -> str | None:
@@ -77,7 +71,7 @@ def install(cleanup: Cleanup, backend: str, label: str) -> Installation:
         db_url = _create_mariadb_database(cleanup)
         args += ["--db-url", db_url]
     elif backend == "sqlite":
-        db_url = "sqlite:///" + str(data_dir / "iceprod.db")
+        db_url = "sqlite:///" + str(data_dir.resolve() / "iceprod.db")
     else:
         raise BenchError(f"unknown database backend {backend!r}")
     run_cli(args)

@@ -1,11 +1,11 @@
 """Benchmark 3: ``public_get_number_of_tasks_in_each_state`` on a dataset of 1,000,000 tasks.
 
 The dataset (250,000 jobs of 4 tasks, statuses mixed as in a dataset well under way) is
-bulk-loaded before the server starts. One client then calls ``echo``, the method, and the
-same GROUP BY directly on the database (from this process, without the server) in turn, one
-call at a time, so that all three see the same background noise; the figures are p50/p99 of
-each and the ratios of the p50s. The direct query shows how much of the time is the query
-itself.
+bulk-loaded before the server starts. One client then calls ``echo``, the method, and a
+GROUP BY over the dataset's rows in the tasks table, run directly on the database from this
+process, in turn, one call at a time, so that all three see the same background noise; the
+figures are p50/p99 of each and the ratios of the p50s. The GROUP BY is what counting the
+rows themselves costs, for comparison with whatever the method does.
 
 Only statuses the scheduler leaves alone are loaded (no ``idle``, ``reset`` or ``resume``)
 and the server's queue depth is 1, so the counts do not change while they are measured.
@@ -56,8 +56,8 @@ class _Measured:
 
 
 async def _measure(base: str, db_url: str, dataset_id: str, s: Settings) -> _Measured:
-    """Each round: echo, the method, then the same GROUP BY straight on the database
-    (through an engine made like the server's), one at a time."""
+    """Each round: echo, the method, then the GROUP BY straight on the database (through
+    an engine made like the server's), one at a time."""
     from iceprod_server.db.engine import make_engine
 
     conn = Connection(base)
@@ -101,7 +101,7 @@ def run_one(db: str, s: Settings) -> dict[str, Any]:
         finally:
             engine.dispose()
         _server, base = start_server(cleanup, inst.data_dir, {"ICEPROD_QUEUE_DEPTH": "1"})
-        print(f"    {db}: {s.calls} rounds of echo, {METHOD} and the same query in SQL",
+        print(f"    {db}: {s.calls} rounds of echo, {METHOD} and a GROUP BY in SQL",
               flush=True)
         m = asyncio.run(_measure(base, inst.db_url, dataset_id, s))
     if m.direct != expected:
@@ -116,9 +116,9 @@ def run_one(db: str, s: Settings) -> dict[str, Any]:
     return {
         "tasks": njobs * ntasks, "jobs": njobs, "counts": expected,
         "load_seconds": load_seconds, "method_available": available,
-        "count": counted, "echo": echo, "direct_sql": direct,
+        "count": counted, "echo": echo, "group_by": direct,
         "ratios": {"count_p50/echo_p50": report.ratio(counted["p50_ms"], echo["p50_ms"]),
-                   "count_p50/direct_sql_p50": report.ratio(counted["p50_ms"],
+                   "count_p50/group_by_p50": report.ratio(counted["p50_ms"],
                                                             direct["p50_ms"])},
     }
 
@@ -135,16 +135,17 @@ def print_result(result: dict[str, Any]) -> None:
     st = result["settings"]
     rows = []
     for db, f in result["databases"].items():
-        label = db if f["method_available"] else f"{db} (method missing: SQL only)"
+        label = db if f["method_available"] else f"{db} (method missing: GROUP BY only)"
         rows.append([label, f["count"]["p50_ms"], f["count"]["p99_ms"],
-                     f["direct_sql"]["p50_ms"], f["echo"]["p50_ms"], f["echo"]["p99_ms"],
+                     f["group_by"]["p50_ms"], f["echo"]["p50_ms"], f["echo"]["p99_ms"],
                      report.fmt(f["ratios"]["count_p50/echo_p50"], 0),
                      f"{f['load_seconds']:.0f} s"])
     print()
     print(report.table(
         f"{METHOD}: {st['tasks']:,} tasks, {st['calls']} sequential calls alternating "
-        "with echo and SQL",
-        ["database", "p50 ms", "p99 ms", "SQL p50", "echo p50", "echo p99", "p50/echo",
+        "with echo and a GROUP BY",
+        ["database", "p50 ms", "p99 ms", "GROUP BY p50", "echo p50", "echo p99", "p50/echo",
          "bulk load"], rows))
-    print("  SQL p50: the same GROUP BY run directly on the database, without the server")
+    print("  GROUP BY p50: counting the dataset's rows in the tasks table by status, directly"
+          "\n  on the database from the benchmark process, without the server")
     print()

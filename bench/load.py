@@ -4,7 +4,9 @@ Submitting through ``submit_dataset`` would make the scheduler materialise the j
 at a time; a benchmark needs its queue (or its million tasks) in place before the server
 starts. The rows go in batches, one transaction per batch: on SQLite ``executemany`` of
 5,000 tasks (and their jobs) at a time; on MariaDB ``LOAD DATA LOCAL INFILE`` of 25,000. The
-dataset row says every job is already materialised, so the scheduler makes no more.
+dataset row says every job is already materialised, so the scheduler makes no more. These
+are ordinary INSERTs: whatever the schema's triggers maintain (the task counters) stays
+exact.
 
 Task rows are dated two hours back: old enough that a freshly started scheduler, which
 re-derives the status of jobs whose tasks changed in the last hour, leaves them alone, and
@@ -70,9 +72,9 @@ Row = tuple[Any, ...]
 
 
 class _Writer:
-    """Writes many rows of one table in one transaction: ``executemany`` of plain tuples
-    on SQLite; ``LOAD DATA LOCAL INFILE`` on MariaDB, where client-side quoting of each
-    value by mysqlclient would cost more than the server's work."""
+    """Writes a batch of rows for several tables in one transaction: ``executemany`` of
+    plain tuples on SQLite; ``LOAD DATA LOCAL INFILE`` on MariaDB, where client-side
+    quoting of each value by mysqlclient would cost more than the server's work."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -197,7 +199,7 @@ def load_dataset(engine: Engine, njobs: int, task_names: list[str], status_of: S
 
 
 def count_by_status(engine: Engine, dataset_id: str) -> dict[str, int]:
-    """The equivalent of ``public_get_number_of_tasks_in_each_state``, straight in SQL."""
+    """A dataset's tasks by status, counted with a GROUP BY over the tasks table."""
     with engine.connect() as conn:
         conn = conn.execution_options(iceprod_write=False)
         rows = conn.execute(select(Task.status, func.count()).where(

@@ -74,19 +74,23 @@ class Authenticator:
             raise NotAuthenticated("invalid site credentials")
         return Caller(role="site", site_id=found["site_id"], username=None)
 
-    async def from_session(self, user_id: str) -> Caller | None:
-        """The caller a login cookie names, or None if the user is gone or disabled.
+    async def from_session(self, token: str) -> Caller | None:
+        """The caller a login cookie names, or None once the login ended (logout, expiry)
+        or the user is gone or disabled.
 
-        Looked up like a passkey (cached for a fraction of a second), so disabling a user
-        logs them out of every server at once.
+        Looked up like a passkey (cached for a fraction of a second), so a logout or a
+        disabled user takes effect on every server at once.
         """
         now = time.monotonic()
-        cache_key = "session:" + user_id
+        cache_key = "session:" + token
         hit = self._cache.get(cache_key)
         if hit is not None and now - hit[0] < self.cache_seconds:
             return hit[1] if hit[1].role else None
-        found = await self.db.read(users.session_user, user_id)
+        found = await self.db.read(users.session_user, token)
         caller = Caller(role=found["role"], user_id=found["user_id"],
                         username=found["username"]) if found else Caller()
         self._cache[cache_key] = (now, caller)
         return caller if caller.role else None
+
+    def forget_session(self, token: str) -> None:
+        self._cache.pop("session:" + token, None)

@@ -99,6 +99,7 @@ class Broadcaster:
             # a newcomer sees the current state at once, not after the next change
             subscriber.offer(sse_message(self.last))
         if self._task is None:
+            log.debug("live %s: first viewer, broadcasting", self.topic)
             self._task = asyncio.create_task(self._run(), name=f"live {self.topic}")
         return subscriber
 
@@ -140,6 +141,8 @@ class Broadcaster:
                     last_sent = loop.time()
                 await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
         finally:
+            log.debug("live %s: no viewers left, stopped after %d snapshots", self.topic,
+                      self.builds)
             self._task = None
             for subscriber in self.subscribers:
                 subscriber.close()

@@ -182,12 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", formatter_class=fmt, help="show datasets and task counts",
                        description="Without DATASET: every dataset with its task counts. With "
-                       "DATASET: its task counts by state and by task name.",
+                       "DATASET: its task counts by state and by task name. With --watch: "
+                       "the dataset's progress live, a bar per task name and one for the "
+                       "dataset with rates and time left, until it is complete (exit 0), "
+                       "stops with failed or suspended tasks and nothing running (exit 1), "
+                       "or Ctrl-C (exit 130).",
                        epilog=_examples(f"""
                            {PROG} status --url http://127.0.0.1:8080
                            {PROG} status --url http://127.0.0.1:8080 0190f3c2a1b000000a
+                           {PROG} status --url http://127.0.0.1:8080 --watch 0190f3c2a1b000000a
                            """))
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="a dataset id")
+    p.add_argument("--watch", nargs="?", const="", metavar="DATASET",
+                   help="follow DATASET's progress live until it is done")
+    p.add_argument("--interval", type=float, default=1.5, metavar="SECONDS",
+                   help="with --watch: seconds between updates (default 1.5)")
     _remote(p, passkey_required=False)
     p.set_defaults(func=remote.cmd_status)
     return parser

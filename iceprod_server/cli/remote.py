@@ -74,6 +74,12 @@ def _problem(p: Any) -> str:
 
 def cmd_status(args: argparse.Namespace) -> None:
     client = _client(args)
+    if getattr(args, "watch", None) is not None:
+        # rich is needed only here: every other command starts without importing it
+        from iceprod_server.cli import watch
+
+        watch.cmd_watch(args, client)
+        return
     try:
         if args.dataset:
             _dataset_status(client, args.dataset)

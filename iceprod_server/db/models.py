@@ -66,6 +66,18 @@ class User(Base):
     created: Mapped[float] = mapped_column(Double)
 
 
+class LoginSession(Base):
+    """A human's login: the cookie carries the token, the database keeps its hash, so a
+    logout (or disabling the user) ends it everywhere at once."""
+
+    __tablename__ = "login_sessions"
+    session_hash: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ID, ForeignKey("users.user_id", ondelete="CASCADE"))
+    created: Mapped[float] = mapped_column(Double)
+    expires: Mapped[float] = mapped_column(Double)
+    __table_args__ = (Index("ix_login_sessions_expires", "expires"),)
+
+
 class Group(Base):
     __tablename__ = "groups"
     group_id: Mapped[str] = mapped_column(ID, primary_key=True)

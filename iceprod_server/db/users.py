@@ -7,11 +7,11 @@ import re
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.ids import new_id
-from iceprod_server.db.models import ROLES, Group, Passkey, Site, User
+from iceprod_server.db.models import ROLES, Group, LoginSession, Passkey, Site, User
 from iceprod_server.db.util import changed
 from iceprod_server.errors import Conflict, InvalidParams, NotFound
 from iceprod_server.secrets_util import check_password, hash_password, hash_token, new_token
@@ -82,10 +82,29 @@ def verify_login(s: Session, username: str, password: str) -> dict[str, Any] | N
     return _user_dict(user)
 
 
-def session_user(s: Session, user_id: str) -> dict[str, Any] | None:
-    """The user a login cookie names, if it still exists and is enabled."""
-    user = s.get(User, user_id)
-    if user is None or user.disabled:
+def create_session(s: Session, user_id: str, hours: float) -> str:
+    """Start a login for ``user_id``; returns the token for the cookie (stored hashed)."""
+    token = new_token()
+    now = time.time()
+    s.execute(delete(LoginSession).where(LoginSession.expires < now))
+    s.add(LoginSession(session_hash=hash_token(token), user_id=user_id, created=now,
+                       expires=now + hours * 3600.0))
+    return token
+
+
+def end_session(s: Session, token: str) -> int:
+    return changed(s, delete(LoginSession).where(LoginSession.session_hash == hash_token(token)))
+
+
+def session_user(s: Session, token: str) -> dict[str, Any] | None:
+    """The user a login cookie's token names, if the login is current and the user is
+    enabled."""
+    row = s.execute(select(LoginSession, User).join(User, User.user_id == LoginSession.user_id)
+                    .where(LoginSession.session_hash == hash_token(token))).first()
+    if row is None:
+        return None
+    login, user = row
+    if login.expires <= time.time() or user.disabled:
         return None
     return _user_dict(user)
 
@@ -105,7 +124,7 @@ def issue_passkey(s: Session, role: str, username: str | None = None,
             raise InvalidParams(f"user {username!r} is not an admin")
         user_id = user.user_id
     elif role == "user":
-        raise InvalidParams("a user passkey needs --user (it carries that user's rights)")
+        raise InvalidParams("a user passkey needs a user (it carries that user's rights)")
     if site_id is not None and s.get(Site, site_id) is None:
         raise NotFound(f"no site {site_id!r}")
     if expires_in is not None and expires_in <= 0:

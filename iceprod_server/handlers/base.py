@@ -15,6 +15,7 @@ from typing import Any
 import tornado.escape
 import tornado.web
 
+from iceprod_server.db import users
 from iceprod_server.rpc.context import ANONYMOUS, Caller
 from iceprod_server.services import Services
 
@@ -79,12 +80,18 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
         return await self.services.auth.from_session(raw.decode())
 
-    def start_session(self, user_id: str) -> None:
-        self.set_signed_cookie(SESSION_COOKIE, user_id,
-                               expires_days=self.services.config.session_hours / 24.0,
+    async def start_session(self, user_id: str) -> None:
+        config = self.services.config
+        token = await self.services.db.write(users.create_session, user_id,
+                                             config.session_hours)
+        self.set_signed_cookie(SESSION_COOKIE, token, expires_days=config.session_hours / 24.0,
                                httponly=True, secure=self.cookie_secure(), samesite="Lax")
 
-    def end_session(self) -> None:
+    async def end_session(self) -> None:
+        raw = self.get_signed_cookie(SESSION_COOKIE)
+        if raw:
+            await self.services.db.write(users.end_session, raw.decode())
+            self.services.auth.forget_session(raw.decode())
         self.clear_cookie(SESSION_COOKIE)
 
     def cookie_secure(self) -> bool:

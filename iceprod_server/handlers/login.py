@@ -84,17 +84,17 @@ class LoginHandler(BaseHandler):
                         error="Wrong user name or password.")
             return
         self.limiter.succeeded(username, ip)
-        self.start_session(user["user_id"])
+        await self.start_session(user["user_id"])
         self.redirect(next_url)
 
 
 class LogoutHandler(BaseHandler):
-    def get(self) -> None:
-        self.end_session()
+    async def get(self) -> None:
+        await self.end_session()
         self.redirect("/")
 
-    def post(self) -> None:
-        self.end_session()
+    async def post(self) -> None:
+        await self.end_session()
         self.redirect("/")
 
 

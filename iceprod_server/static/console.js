@@ -35,6 +35,15 @@
     return {integer: 0, number: 0, boolean: false, array: [], object: {}, null: null}[type] ?? "";
   }
 
+  // Docstrings: paragraphs split by blank lines, ``literal`` spans shown as code.
+  function docText(text) {
+    const paragraphs = (text || "(no description)").split(/\n\s*\n/);
+    return el("div", {class: "doc"}, ...paragraphs.map((para) => {
+      const parts = para.replace(/\s*\n\s*/g, " ").split("``");
+      return el("p", {}, ...parts.map((part, i) => (i % 2 ? el("code", {text: part}) : part)));
+    }));
+  }
+
   function paramsTable(params) {
     if (!params.length) return el("p", {class: "muted", text: "No params."});
     return el("table", {class: "params"},
@@ -99,10 +108,10 @@
                                    "data-testid": `method-${method.name}`},
       el("summary", {},
         el("code", {text: method.name}),
-        el("span", {class: "summary", text: method.summary || ""}),
+        el("span", {class: "summary", text: (method.summary || "").replaceAll("``", "")}),
         el("span", {class: "roles"}, ...roles.map((r) => el("span", {class: "badge", text: r})))),
       el("div", {class: "body"},
-        el("div", {class: "doc", text: method.description || "(no description)"}),
+        docText(method.description),
         paramsTable(method.params || []),
         errors.length ? el("p", {class: "errors muted",
           text: `Errors: ${errors.map((e) => `${e.code} ${e.message}`).join(", ")}`}) : null,

@@ -148,7 +148,7 @@ const iceprodOverview = (() => {
 
   const root = document.getElementById("overview");
   if (root) {
-    try { current = JSON.parse(root.dataset.snapshot); } catch (e) { current = null; }
+    try { current = {throughput: JSON.parse(root.dataset.throughput)}; } catch (e) { current = null; }
     const chart = document.getElementById("overview-chart");
     if (current) drawChart(chart, current.throughput);
     let pending = null;

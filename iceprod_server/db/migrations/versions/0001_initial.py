@@ -189,6 +189,15 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('log_id')
     )
     op.create_index('ix_task_logs_task', 'task_logs', ['task_id', 'name', 'created'], unique=False)
+    op.create_table('login_sessions',
+    sa.Column('session_hash', sa.String(length=128), nullable=False),
+    sa.Column('user_id', sa.String(length=32), nullable=False),
+    sa.Column('created', sa.Double(), nullable=False),
+    sa.Column('expires', sa.Double(), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.user_id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('session_hash')
+    )
+    op.create_index('ix_login_sessions_expires', 'login_sessions', ['expires'], unique=False)
     op.create_table('task_counts',
     sa.Column('dataset_id', sa.String(length=32), nullable=False),
     sa.Column('task_index', sa.Integer(), nullable=False),
@@ -225,6 +234,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('login_sessions')
     op.drop_table('task_stat_hours')
     op.drop_table('task_counts')
     op.drop_table('task_stats')

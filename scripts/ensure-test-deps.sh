@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond the build: MariaDB (server and client) and wrk, then a
-# MariaDB server answering on 127.0.0.1:3306 as root without a password.
+# MariaDB server answering on 127.0.0.1:3306 as root without a password; Debian's chromium
+# and fonts for the browser tests (Playwright drives /usr/bin/chromium, never a browser of
+# its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-build-deps.sh
-scripts/ensure-packages.sh mariadb-server mariadb-client wrk
+scripts/ensure-packages.sh mariadb-server mariadb-client wrk chromium fonts-liberation \
+    fonts-dejavu-core
 scripts/ensure-mariadb.sh

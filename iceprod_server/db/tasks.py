@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, insert, literal, or_, select, update
+from sqlalchemy import Integer, and_, bindparam, case, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
@@ -61,6 +62,54 @@ def _requirements(t: Any) -> dict[str, Any]:
             "time": t.req_time, "os": t.req_os}
 
 
+# Statements of the hot path are built once; each call only binds values.
+_FIT_COLUMNS = (Task.task_id, Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk,
+                Task.req_time, Task.req_os)
+_FITTING = (
+    select(*_FIT_COLUMNS)
+    .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
+           Task.req_gpu <= bindparam("b_gpu"), Task.req_memory <= bindparam("b_memory"),
+           Task.req_disk <= bindparam("b_disk"), Task.req_time <= bindparam("b_time"),
+           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os")))
+    .order_by(Task.queue_rank, Task.task_id)
+    .limit(bindparam("b_limit", type_=Integer))
+)
+_FITTING_LOCKED = _FITTING.with_for_update(skip_locked=True)
+_CLAIM = (
+    update(Task)
+    .where(Task.task_id.in_(bindparam("b_ids", expanding=True)), Task.status == "queued")
+    .values(status="processing", status_changed=bindparam("b_now"),
+            attempt=Task.attempt + 1, claim=bindparam("b_token"),
+            claimed_by=bindparam("b_claimant"), lease_expires=bindparam("b_lease"))
+)
+_CLAIMED = (
+    select(Task.task_id, Task.name, Task.job_id, Task.job_index, Task.attempt,
+           Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
+           Task.req_os, Dataset.dataset_id, Dataset.dataset_num, Dataset.njobs,
+           Dataset.debug, DatasetConfig.updated, DatasetConfig.config)
+    .join(Dataset, Dataset.dataset_id == Task.dataset_id)
+    .join(DatasetConfig, DatasetConfig.dataset_id == Task.dataset_id)
+    .where(Task.claim == bindparam("b_token"))
+    .order_by(Task.queue_rank, Task.task_id)
+)
+# parsed dataset configs by (dataset id, last update); a config is read far more than changed
+_configs: dict[tuple[str, float], Any] = {}
+_configs_lock = threading.Lock()
+
+
+def _parsed_config(dataset_id: str, updated: float, text: str) -> Any:
+    key = (dataset_id, updated)
+    with _configs_lock:
+        found = _configs.get(key)
+    if found is None:
+        found = json.loads(text) if text else {}
+        with _configs_lock:
+            if len(_configs) > 256:
+                _configs.clear()
+            _configs[key] = found
+    return found
+
+
 def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
                 hostname: str = "") -> list[dict[str, Any]]:
     """Claim queued tasks that fit in ``offer``, best first, packing several while they fit.
@@ -69,25 +118,13 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
     """
     if offer.cpu < 1:
         return []
-    cols = (Task.task_id, Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk,
-            Task.req_time, Task.req_os)
-    query = (
-        select(*cols)
-        .where(Task.status == "queued", Task.req_cpu <= offer.cpu, Task.req_gpu <= offer.gpu,
-               Task.req_memory <= offer.memory, Task.req_disk <= offer.disk,
-               Task.req_time <= offer.time)
-        .order_by(Task.queue_rank, Task.task_id)
-        .limit(2 * offer.cpu + 4)
-    )
-    if offer.os:
-        query = query.where(or_(Task.req_os.is_(None), Task.req_os == offer.os))
-    else:
-        query = query.where(Task.req_os.is_(None))
-    if s.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update(skip_locked=True)
+    query = _FITTING if s.get_bind().dialect.name == "sqlite" else _FITTING_LOCKED
     chosen: list[str] = []
     left = offer
-    for row in s.execute(query):
+    rows = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu, "b_memory": offer.memory,
+                             "b_disk": offer.disk, "b_time": offer.time, "b_os": offer.os,
+                             "b_limit": 2 * offer.cpu + 4})
+    for row in rows:
         req = _requirements(row)
         if left.fits(req):
             chosen.append(row.task_id)
@@ -98,58 +135,44 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
         return []
     now = time.time()
     token = secrets.token_hex(16)
-    changed(s,
-        update(Task)
-        .where(Task.task_id.in_(chosen), Task.status == "queued")
-        .values(status="processing", status_changed=now, attempt=Task.attempt + 1,
-                claim=token, claimed_by=claimant, lease_expires=now + lease_seconds)
-    )
-    return _describe_claimed(s, token)
+    s.execute(_CLAIM, {"b_ids": chosen, "b_now": now, "b_token": token,
+                       "b_claimant": claimant, "b_lease": now + lease_seconds})
+    return [{
+        "config": _parsed_config(r.dataset_id, r.updated, r.config),
+        "options": {
+            "task_id": r.task_id,
+            "task": r.name,
+            "dataset_id": r.dataset_id,
+            "dataset": r.dataset_num,
+            "job": r.job_index,
+            "job_id": r.job_id,
+            "jobs_submitted": r.njobs,
+            "debug": bool(r.debug),
+            "resources": _requirements(r),
+            "attempt": r.attempt,
+        },
+    } for r in s.execute(_CLAIMED, {"b_token": token})]
 
 
-def _describe_claimed(s: Session, token: str) -> list[dict[str, Any]]:
-    rows = s.execute(
-        select(Task, Dataset).join(Dataset, Dataset.dataset_id == Task.dataset_id)
-        .where(Task.claim == token).order_by(Task.queue_rank, Task.task_id)
-    ).all()
-    configs: dict[str, Any] = {}
-    out = []
-    for task, ds in rows:
-        if ds.dataset_id not in configs:
-            text = s.scalar(select(DatasetConfig.config)
-                            .where(DatasetConfig.dataset_id == ds.dataset_id))
-            configs[ds.dataset_id] = json.loads(text) if text else {}
-        out.append({
-            "config": configs[ds.dataset_id],
-            "options": {
-                "task_id": task.task_id,
-                "task": task.name,
-                "dataset_id": ds.dataset_id,
-                "dataset": ds.dataset_num,
-                "job": task.job_index,
-                "job_id": task.job_id,
-                "jobs_submitted": ds.njobs,
-                "debug": ds.debug,
-                "resources": _requirements(task),
-                "attempt": task.attempt,
-            },
-        })
-    return out
+_HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.claim,
+               Task.claimed_by, Task.failures, Task.req_cpu, Task.req_gpu, Task.req_memory,
+               Task.req_disk, Task.req_time, Task.req_os).where(
+    Task.task_id == bindparam("b_task_id"))
 
 
-def _held(s: Session, task_id: str) -> Task:
-    task = s.get(Task, task_id)
+def _held(s: Session, task_id: str) -> Any:
+    task = s.execute(_HELD, {"b_task_id": task_id}).first()
     if task is None:
         raise NotFound(f"no task {task_id!r}", {"task_id": task_id})
     return task
 
 
-def _check_holder(task: Task, claimant: str, attempt: int | None) -> bool:
+def _check_holder(task: Any, claimant: str, attempt: int | None) -> bool:
     """True if the caller holds the task's current claim (and named its attempt, if any)."""
-    return task.claimed_by == claimant and (attempt is None or attempt == task.attempt)
+    return bool(task.claimed_by == claimant and (attempt is None or attempt == task.attempt))
 
 
-def _conflict(task: Task, why: str) -> Conflict:
+def _conflict(task: Any, why: str) -> Conflict:
     return Conflict(why, {"task_id": task.task_id, "status": task.status,
                           "attempt": task.attempt})
 
@@ -202,26 +225,31 @@ def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
     if task.status != "processing" or not _check_holder(task, claimant, attempt):
         raise _conflict(task, "task is not processing under this claim")
     now = time.time()
-    rows = changed(s,
-        update(Task).where(Task.task_id == task_id, Task.status == "processing",
-                           Task.claim == task.claim)
-        .values(status="complete", status_changed=now, lease_expires=None)
-    )
+    rows = changed(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now})
     if rows != 1:
         raise _conflict(task, "task changed while finishing")
     _add_stat(s, task, now, stats, error=False)
     return {"task_id": task_id, "status": "complete", "repeated": False}
 
 
-def _add_stat(s: Session, task: Task, now: float, stats: dict[str, Any], error: bool) -> None:
+_FINISH = (
+    update(Task)
+    .where(Task.task_id == bindparam("b_task_id"), Task.status == "processing",
+           Task.claim == bindparam("b_claim"))
+    .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None)
+)
+_ADD_STAT = insert(TaskStat)
+
+
+def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: bool) -> None:
     time_used = stats.get("time_used")
     if not isinstance(time_used, int | float) or isinstance(time_used, bool):
         time_used = None
     hostname = stats.get("hostname")
-    s.add(TaskStat(task_id=task.task_id, dataset_id=task.dataset_id, attempt=task.attempt,
-                   created=now, error=error,
-                   hostname=str(hostname)[:255] if hostname else "",
-                   time_used=time_used, stats=stats))
+    s.execute(_ADD_STAT, {"task_id": task.task_id, "dataset_id": task.dataset_id,
+                          "attempt": task.attempt, "created": now, "error": error,
+                          "hostname": str(hostname)[:255] if hostname else "",
+                          "time_used": time_used, "stats": stats})
 
 
 def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[str]:

@@ -8,6 +8,6 @@ from sqlalchemy import CursorResult, Executable
 from sqlalchemy.orm import Session
 
 
-def changed(s: Session, stmt: Executable) -> int:
+def changed(s: Session, stmt: Executable, params: dict[str, Any] | None = None) -> int:
     """Execute an UPDATE or DELETE and return how many rows it changed."""
-    return cast(CursorResult[Any], s.execute(stmt)).rowcount
+    return cast(CursorResult[Any], s.execute(stmt, params)).rowcount

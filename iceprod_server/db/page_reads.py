@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, literal, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from iceprod_server.db import reads
@@ -21,12 +21,19 @@ from iceprod_server.db.models import (
     Job,
     Task,
     TaskCount,
+    TaskDef,
     TaskDefDep,
     TaskLog,
+    TaskStat,
+    TaskStatHour,
     User,
 )
 from iceprod_server.errors import InvalidParams, NotFound
 
+# runtime statistics come from this many of a dataset's most recent attempts
+STATS_SAMPLE = 1000
+# a job status filter with fewer matches than this reads them through the status index
+JOB_PROBE = 10_000
 # the dataset list can be sorted by these; each sort breaks ties by the dataset number
 DATASET_SORTS: dict[str, Any] = {
     "number": Dataset.dataset_num,
@@ -127,9 +134,58 @@ def dataset_list(s: Session, status: str | None = None, owner: str | None = None
             "next": _cursor(sort, items[-1]) if len(rows) > limit else None}
 
 
+def _percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks of sorted ``values``."""
+    if not values:
+        return None
+    pos = (len(values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+def recent_stats(s: Session, dataset_id: str) -> dict[str, Any]:
+    """Runtime statistics for the dataset page, at a cost that does not grow with the
+    dataset: the attempts finished and failed over all time (from the hourly counters),
+    and per task name the mean, percentiles, min and max of ``time_used`` over the latest
+    :data:`STATS_SAMPLE` attempts."""
+    names = dict(s.execute(select(TaskDef.task_index, TaskDef.name)
+                           .where(TaskDef.dataset_id == dataset_id)
+                           .order_by(TaskDef.task_index)).all())
+    finished, failed = s.execute(
+        select(func.coalesce(func.sum(TaskStatHour.complete), 0),
+               func.coalesce(func.sum(TaskStatHour.failed), 0))
+        .where(TaskStatHour.dataset_id == dataset_id)).one()
+    recent = (select(TaskStat.task_id, TaskStat.error, TaskStat.time_used)
+              .where(TaskStat.dataset_id == dataset_id)
+              .order_by(TaskStat.created.desc()).limit(STATS_SAMPLE).subquery())
+    times: dict[int, list[float]] = {i: [] for i in names}
+    errors: dict[int, int] = {i: 0 for i in names}
+    for index, error, used in s.execute(
+            select(Task.task_index, recent.c.error, recent.c.time_used)
+            .join(recent, Task.task_id == recent.c.task_id)):
+        if error:
+            errors[index] = errors.get(index, 0) + 1
+        elif used is not None:
+            times.setdefault(index, []).append(float(used))
+    by_name: dict[str, dict[str, Any]] = {}
+    for index, name in names.items():
+        values = sorted(times.get(index, []))
+        by_name[name] = {
+            "count": len(values), "failed": errors.get(index, 0),
+            "mean": sum(values) / len(values) if values else None,
+            "min": values[0] if values else None, "max": values[-1] if values else None,
+            "p50": _percentile(values, 0.5), "p90": _percentile(values, 0.9)}
+    return {"finished": int(finished), "failed": int(failed),
+            "sample": sum(v["count"] + v["failed"] for v in by_name.values()),
+            "by_name": by_name}
+
+
 def dataset_page(s: Session, dataset_id: str, hours: int = 24) -> dict[str, Any]:
     """Everything the dataset page shows: the dataset (with ``owner_id``), its config as
-    stored, task counts by status and by task name, runtime stats and throughput."""
+    stored, task counts by status and by task name, runtime stats and throughput.
+    ``dataset_id`` may also be the dataset number, as may the other pages' ones."""
+    dataset_id = resolve_dataset(s, dataset_id)
     dataset = reads.get_dataset(s, dataset_id)
     dataset["owner_id"] = _owner_id(s, dataset_id)
     text = s.scalar(select(DatasetConfig.config)
@@ -138,7 +194,7 @@ def dataset_page(s: Session, dataset_id: str, hours: int = 24) -> dict[str, Any]
             "config": json.loads(text) if text else None,
             "counts": reads.task_counts(s, dataset_id),
             "by_name": reads.task_counts_by_name(s, dataset_id),
-            "stats": reads.task_stats(s, dataset_id),
+            "stats": recent_stats(s, dataset_id),
             "throughput": reads.throughput(s, dataset_id, hours)}
 
 
@@ -151,28 +207,114 @@ def dataset_header(s: Session, dataset_id: str) -> dict[str, Any]:
     return dataset
 
 
+def _pending_jobs(dataset: dict[str, Any]) -> int:
+    if dataset["status"] == "truncated":
+        return 0
+    return max(0, dataset["njobs"] - dataset["jobs_materialized"])
+
+
+def _matching(dataset: dict[str, Any], status: str | None,
+              task_name: str | None) -> dict[str, int]:
+    """Task rows of the dataset by state, for a filter, from the counters (where tasks of
+    jobs not made yet count as idle: they have no rows, so they are left out here)."""
+    pending = _pending_jobs(dataset)
+    out: dict[str, int] = {}
+    for name, counts in dataset["by_name"].items():
+        if task_name is not None and name != task_name:
+            continue
+        for state, n in counts.items():
+            n -= pending if state == "idle" else 0
+            if (status is None or state == status) and n > 0:
+                out[state] = out.get(state, 0) + n
+    return out
+
+
+def _keyset(s: Session, stmt: Any, column: Any, index: str, few: bool,
+            after: Any) -> Any:
+    """``stmt`` ordered by ``column``, after the cursor ``after`` (None: from the start).
+
+    With many matches, walking ``index`` (which holds the order) finds a page quickly;
+    MariaDB is told to, as it otherwise reads the index from the dataset's first row and
+    filters. With few matches, reading them through the filter's index and sorting is
+    quicker, but SQLite would still walk the ordered index, reading the whole dataset to
+    find them; a unary ``+`` hides the column from its planner.
+    """
+    key = column
+    if few and s.get_bind().dialect.name == "sqlite":
+        key = literal_column(f"+{column.table.name}.{column.name}")
+    if not few:
+        for dialect in ("mysql", "mariadb"):
+            stmt = stmt.with_hint(column.table, f"FORCE INDEX ({index})", dialect_name=dialect)
+    if after is not None:
+        stmt = stmt.where(key > after)
+    return stmt.order_by(key)
+
+
 def jobs_page(s: Session, dataset_id: str, status: str | None = None, limit: int = 100,
               after: str | None = None) -> dict[str, Any]:
-    """A page of the dataset's jobs, each with its tasks' names and states."""
-    page = reads.list_jobs(s, dataset_id, status, limit, after)
-    by_job: dict[str, list[dict[str, Any]]] = {j["job_id"]: [] for j in page["items"]}
+    """A page of the dataset's jobs by job index, each with its tasks' names and states;
+    ``next`` is the job index to pass as ``after`` for the following page."""
+    dataset_id = resolve_dataset(s, dataset_id)
+    dataset = dataset_header(s, dataset_id)
+    limit = reads._limit(limit)
+    try:
+        after_index = int(after) if after else -1
+    except ValueError as e:
+        raise InvalidParams(f"bad page cursor {after!r}") from e
+    stmt = select(Job).where(Job.dataset_id == dataset_id)
+    few = False
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+        # no counter of jobs by status: a bounded look at the status index tells
+        probe = (select(literal(1)).where(Job.dataset_id == dataset_id, Job.status == status)
+                 .limit(JOB_PROBE).subquery())
+        few = (s.scalar(select(func.count()).select_from(probe)) or 0) < JOB_PROBE
+    stmt = _keyset(s, stmt, Job.job_index, "uq_jobs_dataset_index", few,
+                   after_index if after_index >= 0 else None)
+    rows = list(s.scalars(stmt.limit(limit + 1)))
+    items = [reads._job_dict(j) for j in rows[:limit]]
+    by_job: dict[str, list[dict[str, Any]]] = {j["job_id"]: [] for j in items}
     if by_job:
         for job_id, task_id, name, task_status in s.execute(
                 select(Task.job_id, Task.task_id, Task.name, Task.status)
                 .where(Task.job_id.in_(list(by_job))).order_by(Task.job_id, Task.task_index)):
             by_job[job_id].append({"task_id": task_id, "name": name, "status": task_status})
-    for job in page["items"]:
+    for job in items:
         job["tasks"] = by_job[job["job_id"]]
-    page["dataset"] = dataset_header(s, dataset_id)
-    return page
+    return {"items": items, "dataset": dataset,
+            "next": str(items[-1]["job_index"]) if len(rows) > limit else None}
 
 
 def tasks_page(s: Session, dataset_id: str, status: str | None = None,
                task_name: str | None = None, limit: int = 100,
                after: str | None = None) -> dict[str, Any]:
-    """A page of the dataset's tasks, filtered by status and task name."""
-    page = reads.list_tasks(s, dataset_id, status, task_name, None, limit, after)
-    page["dataset"] = dataset_header(s, dataset_id)
+    """A page of the dataset's tasks by id, filtered by status and task name, with
+    ``matching``: how many tasks the whole filter holds, by state."""
+    dataset_id = resolve_dataset(s, dataset_id)
+    dataset = dataset_header(s, dataset_id)
+    limit = reads._limit(limit)
+    matching = _matching(dataset, status, task_name)
+    total = sum(_matching(dataset, None, None).values())
+    page: dict[str, Any] = {"items": [], "next": None, "dataset": dataset,
+                            "matching": matching}
+    wanted = sum(matching.values())
+    if not wanted:
+        return page
+    stmt = select(Task).where(Task.dataset_id == dataset_id)
+    if status is not None:
+        stmt = stmt.where(Task.status == status)
+    if task_name is not None:
+        # by index, not name: (dataset, status, task_index) is one index
+        index = s.scalar(select(TaskDef.task_index).where(TaskDef.dataset_id == dataset_id,
+                                                          TaskDef.name == task_name))
+        stmt = stmt.where(Task.task_index == index)
+    # walking the dataset in id order finds a page after about limit * total / wanted
+    # rows; reading the matches through the status index and sorting costs ``wanted``
+    few = status is not None and wanted * wanted < (limit + 1) * total
+    stmt = _keyset(s, stmt, Task.task_id, "ix_tasks_dataset_id", few, after)
+    rows = list(s.scalars(stmt.limit(limit + 1)))
+    page["items"] = [reads._task_dict(t) for t in rows[:limit]]
+    page["next"] = rows[limit - 1].task_id if len(rows) > limit else None
     return page
 
 

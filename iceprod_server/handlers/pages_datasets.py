@@ -26,6 +26,7 @@ from iceprod_server.handlers.base import PageHandler
 STATE_ORDER = ("complete", "processing", "queued", "waiting", "idle", "reset", "resume",
                "suspended", "failed")
 PAGE_SIZE = 100
+DATASETS_PAGE_SIZE = 50
 DESCRIPTION_SHOWN = 140
 
 
@@ -34,8 +35,8 @@ def progress(counts: dict[str, int]) -> dict[str, Any]:
     total = sum(counts.values())
     complete = counts.get("complete", 0)
     fraction = complete / total if total else 0.0
-    # never round up to 100% while a task is left
-    percent = complete * 100 // total if total else 0
+    # tenths of a percent, rounded down: never 100% while a task is left
+    percent = f"{complete * 1000 // total / 10:g}" if total else "0"
     segments = [(state, counts[state], 100.0 * counts[state] / total)
                 for state in STATE_ORDER if total and counts.get(state)]
     return {"total": total, "complete": complete, "fraction": fraction,
@@ -55,7 +56,8 @@ def chart(throughput: dict[str, Any], width: int = 480, height: int = 170) -> di
         x = left + i * slot
         hour = datetime.datetime.fromtimestamp(b["start"], datetime.UTC).strftime("%H:00")
         for kind, offset in (("complete", 0.1), ("failed", 0.5)):
-            h = plot_h * b[kind] / peak
+            # a nonzero hour stays visible however tall the peak
+            h = max(1.0, plot_h * b[kind] / peak) if b[kind] else 0.0
             bars.append({"kind": kind, "x": round(x + offset * slot, 1),
                          "y": round(top + plot_h - h, 1), "w": round(0.4 * slot, 1),
                          "h": round(h, 1)})
@@ -93,7 +95,7 @@ def number(n: float | None) -> str:
     return f"{n:,}" if isinstance(n, int) else f"{n:,.6g}"
 
 
-RESOURCE_UNITS = {"cpu": "cores", "gpu": "", "memory": "GB", "disk": "GB", "time": "h"}
+RESOURCE_UNITS = {"cpu": "cores", "memory": "GB", "disk": "GB"}
 
 
 def resources_text(used: Any) -> str:
@@ -102,11 +104,12 @@ def resources_text(used: Any) -> str:
         return ""
     parts = []
     for key, value in sorted(used.items()):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            text = f"{value:.3g}"
-        else:
-            text = str(value)
+        number_like = isinstance(value, int | float) and not isinstance(value, bool)
+        if key == "time" and number_like:
+            parts.append(f"time {duration(value * 3600)}")
+            continue
         unit = RESOURCE_UNITS.get(key, "")
+        text = f"{value:.3g}" if number_like else str(value)
         parts.append(f"{key} {text} {unit}".rstrip())
     return ", ".join(parts)
 
@@ -123,8 +126,8 @@ class DatasetPageHandler(PageHandler):
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         namespace.update(progress=progress, chart=chart, when=when, duration=duration,
-                         number=number, shorten=shorten, resources_text=resources_text, STATE_ORDER=STATE_ORDER,
-                         TASK_STATES=TASK_STATES, JOB_STATES=JOB_STATES,
+                         number=number, shorten=shorten, resources_text=resources_text,
+                         STATE_ORDER=STATE_ORDER, TASK_STATES=TASK_STATES, JOB_STATES=JOB_STATES,
                          DATASET_STATES=DATASET_STATES, url_with=self.url_with)
         return namespace
 
@@ -148,7 +151,8 @@ class DatasetPageHandler(PageHandler):
         """This page's URL with some query arguments changed (None removes one)."""
         args = {k: self.get_query_argument(k) for k in self.request.query_arguments}
         args.update(changes)
-        query = "&".join(f"{k}={tornado.escape.url_escape(str(v))}"
+        escape = tornado.escape.url_escape
+        query = "&".join(f"{escape(k)}={escape(str(v))}"
                          for k, v in args.items() if v not in (None, ""))
         return self.request.path + ("?" + query if query else "")
 
@@ -157,10 +161,6 @@ class DatasetPageHandler(PageHandler):
         return caller.is_admin or (caller.user_id is not None
                                    and caller.user_id == dataset.get("owner_id"))
 
-    async def dataset_id(self, ref: str) -> str:
-        dataset_id: str = await self.load(page_reads.resolve_dataset, ref)
-        return dataset_id
-
 
 class DatasetListHandler(DatasetPageHandler):
     async def get(self) -> None:
@@ -168,15 +168,15 @@ class DatasetListHandler(DatasetPageHandler):
         desc = self.arg("order", ("asc", "desc")) != "asc"
         status = self.arg("status", DATASET_STATES)
         owner = self.arg("owner")
-        page = await self.load(page_reads.dataset_list, status, owner, sort, desc, 50,
-                               self.arg("after"))
+        page = await self.load(page_reads.dataset_list, status, owner, sort, desc,
+                               DATASETS_PAGE_SIZE, self.arg("after"))
         self.render("dataset_list.html", page=page, status=status, owner=owner, sort=sort,
                     desc=desc)
 
 
 class DatasetHandler(DatasetPageHandler):
     async def get(self, ref: str) -> None:
-        data = await self.load(page_reads.dataset_page, await self.dataset_id(ref))
+        data = await self.load(page_reads.dataset_page, ref)
         dataset = data["dataset"]
         # what static/dataset.js starts from; the live updates replace it
         state = {key: data[key] for key in ("counts", "by_name", "throughput")}
@@ -191,7 +191,7 @@ class DatasetHandler(DatasetPageHandler):
 class DatasetJobsHandler(DatasetPageHandler):
     async def get(self, ref: str) -> None:
         status = self.arg("status", JOB_STATES)
-        page = await self.load(page_reads.jobs_page, await self.dataset_id(ref), status,
+        page = await self.load(page_reads.jobs_page, ref, status,
                                PAGE_SIZE, self.arg("after"))
         self.render("jobs.html", page=page, dataset=page["dataset"], status=status)
 
@@ -200,23 +200,12 @@ class DatasetTasksHandler(DatasetPageHandler):
     async def get(self, ref: str) -> None:
         status = self.arg("status", TASK_STATES)
         task_name = self.arg("task_name")
-        page = await self.load(page_reads.tasks_page, await self.dataset_id(ref), status,
+        page = await self.load(page_reads.tasks_page, ref, status,
                                task_name, PAGE_SIZE, self.arg("after"))
         dataset = page["dataset"]
-        # how many task rows the whole filter holds, by state (from the counters; tasks
-        # of jobs not made yet are counted as idle there, but no row or action has them)
-        names = [task_name] if task_name else list(dataset["by_name"])
-        pending = (0 if dataset["status"] == "truncated"
-                   else max(0, dataset["njobs"] - dataset["jobs_materialized"]))
-        matching: dict[str, int] = {}
-        for name in names:
-            for state, n in dataset["by_name"].get(name, {}).items():
-                if state == "idle":
-                    n -= pending
-                if (status is None or state == status) and n > 0:
-                    matching[state] = matching.get(state, 0) + n
         self.render("tasks.html", page=page, dataset=dataset, status=status,
-                    task_name=task_name, matching=matching, may_act=self.may_act(dataset))
+                    task_name=task_name, matching=page["matching"],
+                    may_act=self.may_act(dataset))
 
 
 class JobHandler(DatasetPageHandler):

@@ -28,7 +28,8 @@ const iceprodDataset = (() => {
     const bar = byId("progress-bar");
     const total = sum(counts);
     const complete = counts.complete || 0;
-    const percent = total && complete === total ? 100 : Math.floor(total ? complete * 100 / total : 0);
+    // tenths of a percent, rounded down: never 100% while a task is left
+    const percent = total ? Math.floor(complete * 1000 / total) / 10 : 0;
     bar.dataset.completeFraction = (total ? complete / total : 0).toFixed(6);
     bar.setAttribute("aria-valuenow", String(percent));
     const shown = STATES.filter((s) => counts[s]);
@@ -86,7 +87,7 @@ const iceprodDataset = (() => {
       const x = left + i * slot;
       const label = `${hourOf(b.start)} UTC: ${b.complete} complete, ${b.failed} failed`;
       for (const [kind, offset] of [["complete", 0.1], ["failed", 0.5]]) {
-        const h = plotH * b[kind] / peak;
+        const h = b[kind] ? Math.max(1, plotH * b[kind] / peak) : 0;
         if (!h) continue;
         const rect = svg("rect", {class: kind, x: (x + offset * slot).toFixed(1),
           y: (base - h).toFixed(1), width: (0.4 * slot).toFixed(1), height: h.toFixed(1)});
@@ -158,8 +159,14 @@ const iceprodDataset = (() => {
     const [method, label, explain] = ACTIONS[key];
     const name = `${label} dataset ${state.dataset.dataset_num}`;
     if (!window.confirm(`${name}?\n\n${explain()}`)) return;
-    const result = await iceprod.act(name, method, {dataset_id: datasetId});
-    if (result !== undefined) await reload();
+    try {
+      const result = await iceprod.rpc(method, {dataset_id: datasetId});
+      iceprod.say(`${name}: done, ${iceprod.number(result.tasks)} tasks changed.`, "ok");
+    } catch (e) {
+      iceprod.say(`${name} failed: ${e.message}`, "error");
+      return;
+    }
+    await reload();
   }
 
   async function setPriority() {
@@ -179,8 +186,14 @@ const iceprodDataset = (() => {
     const form = byId("config-form");
     if (!form) return;
     const problems = byId("config-problems");
-    byId("config-edit").addEventListener("click", () => { form.hidden = false; byId("config-editor").focus(); });
-    byId("config-cancel").addEventListener("click", () => { form.hidden = true; problems.replaceChildren(); });
+    const editing = (on) => {
+      form.hidden = !on;
+      byId("config-view").hidden = on;
+      byId("config-edit").hidden = on;
+      if (!on) problems.replaceChildren();
+    };
+    byId("config-edit").addEventListener("click", () => { editing(true); byId("config-editor").focus(); });
+    byId("config-cancel").addEventListener("click", () => editing(false));
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       problems.replaceChildren();
@@ -194,7 +207,7 @@ const iceprodDataset = (() => {
         iceprod.say(`Config saved: ${result.tasks || 0} tasks not yet started take the new requirements.`, "ok");
         byId("config-view").textContent = JSON.stringify(JSON.parse(text), null, 2);
         byId("dataset-description").textContent = description || "(no description)";
-        form.hidden = true;
+        editing(false);
       } catch (e) {
         const list = (e.data && e.data.problems) || [];
         problems.replaceChildren(...list.map((p) => iceprod.el("li", {text: p})));

@@ -14,6 +14,19 @@
   const LABEL = {reset: "Reset", suspend: "Suspend", resume: "Resume"};
   const plural = (n, word) => `${iceprod.number(n)} ${word}${n === 1 ? "" : "s"}`;
 
+  // Run an action, say how many tasks it changed (or the server's error), then reload.
+  async function act(label, method, params) {
+    let result;
+    try {
+      result = await iceprod.rpc(method, params);
+    } catch (e) {
+      iceprod.say(`${label} failed: ${e.message}`, "error");
+      return;
+    }
+    iceprod.say(`${label}: ${plural(result.count, "task")} changed; reloading.`, "ok");
+    setTimeout(() => window.location.reload(), 1000);
+  }
+
   function taskList(root) {
     const datasetId = root.dataset.datasetId;
     const matching = JSON.parse(root.dataset.matching || "{}");
@@ -39,9 +52,8 @@
         `${plural(touched, "task")} will change (those ${FROM[action].join(", ")}); ` +
         "the others are left as they are.";
       if (!window.confirm(text)) return;
-      const result = await iceprod.act(`${LABEL[action]} ${plural(chosen.length, "task")}`,
-        METHOD[action], {task_ids: chosen.map((b) => b.value)});
-      if (result !== undefined) done(result);
+      await act(`${LABEL[action]} ${plural(chosen.length, "selected task")}`, METHOD[action],
+        {task_ids: chosen.map((b) => b.value)});
     }
 
     async function onFilter(action) {
@@ -55,14 +67,7 @@
       const params = {dataset_id: datasetId};
       if (status) params.status = status;
       if (taskName) params.task_name = taskName;
-      const result = await iceprod.act(`${LABEL[action]} all matching tasks`, METHOD[action],
-        params);
-      if (result !== undefined) done(result);
-    }
-
-    function done(result) {
-      iceprod.say(`${plural(result.count, "task")} changed; reloading the list.`, "ok");
-      setTimeout(() => window.location.reload(), 1200);
+      await act(`${LABEL[action]} all matching tasks`, METHOD[action], params);
     }
 
     for (const box of boxes()) box.addEventListener("change", refresh);
@@ -91,12 +96,7 @@
         ? `It is ${status}: it goes back to the queue with its failure count cleared.`
         : `It is ${status}: a reset does not change a task in this state.`;
       if (!window.confirm(`Reset this task?\n\n${effect}`)) return;
-      const result = await iceprod.act("Reset task", "reset_tasks",
-        {task_ids: [root.dataset.taskId]});
-      if (result !== undefined) {
-        iceprod.say(`${plural(result.count, "task")} changed; reloading.`, "ok");
-        setTimeout(() => window.location.reload(), 1200);
-      }
+      await act("Reset task", "reset_tasks", {task_ids: [root.dataset.taskId]});
     });
   }
 

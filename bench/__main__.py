@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench [--quick] [--only echo,pilot,count] [--db sqlite,mariadb]
+    python -m bench [--quick] [--only echo,pilot,count,pages] [--db sqlite,mariadb]
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import count, echo, pilot, report
+from bench import count, echo, pages, pilot, report
 from bench.backends import BACKENDS, mariadb_available
 from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
 
-BENCHMARKS = ("echo", "pilot", "count")
+BENCHMARKS = ("echo", "pilot", "count", "pages")
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the IceProd server: echo vs a bare Tornado handler, the "
-        "pilot cycle at two queue lengths, and task counts on a million-task dataset. "
+        "pilot cycle at two queue lengths, task counts on a million-task dataset, and the "
+        "pages' render times with a million tasks. "
         "Figures are printed as tables with ratios to baselines measured in the same run, "
         "and saved under bench/results/.")
     parser.add_argument("--quick", action="store_true",
@@ -42,10 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHMARKS), metavar="LIST",
                         type=lambda t: _names(t, BENCHMARKS, "benchmark"),
                         help="benchmarks to run, comma-separated (default: all: "
-                             "echo,pilot,count)")
+                             "echo,pilot,count,pages)")
     parser.add_argument("--db", default=None, metavar="LIST",
                         type=lambda t: _names(t, BACKENDS, "database"),
-                        help="databases for the pilot and count benchmarks (default: "
+                        help="databases for the pilot, count and pages benchmarks "
+                             "(default: "
                              "sqlite,mariadb; MariaDB is skipped with a note when "
                              "127.0.0.1:3306 does not answer)")
     return parser.parse_args(argv)
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['load_average'][0]:.2f}, Python {m['python']}, Tornado {m['tornado']}, "
           f"SQLite {m['sqlite']}{' (quick run)' if args.quick else ''}\n")
     try:
-        dbs = _databases(args.db, results) if {"pilot", "count"} & set(args.only) else []
+        dbs = (_databases(args.db, results) if {"pilot", "count", "pages"} & set(args.only)
+               else [])
         runners: dict[str, Callable[[], Any]] = {
             "echo": lambda: _with_cleanup(
                 lambda c: echo.run(c, echo.QUICK if args.quick else echo.Settings())),
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["benchmarks"].get("echo")),
             "count": lambda: count.run_all(
                 dbs, count.QUICK if args.quick else count.Settings()),
+            "pages": lambda: pages.run_all(
+                dbs, pages.QUICK if args.quick else pages.Settings()),
         }
         for name in BENCHMARKS:
             if name in args.only:
@@ -139,6 +144,10 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     for db, r in b.get("count", {}).get("databases", {}).items():
         lines.append(f"  task counts {db}: p50 {report.fmt(r['count']['p50_ms'])} ms, "
                      f"{report.fmt(r['ratios']['count_p50/echo_p50'], 0)}x an echo")
+    for db, r in b.get("pages", {}).get("databases", {}).items():
+        lines.append(f"  pages {db}, p95 (target {pages.TARGET_P95_MS:.0f} ms): " + ", ".join(
+            f"{name} {report.fmt(f['http']['p95_ms'])} ms {pages.verdict(f)}"
+            for name, f in r["pages"].items()))
     return lines
 
 

@@ -94,6 +94,19 @@ def _unique(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _owned_ids(s: Session, actor: Actor, id_col: Any, ids: Sequence[str],
+               dataset_id: str | None) -> tuple[list[str], set[str]]:
+    """The ids once each and the datasets they belong to, after checking they exist
+    (NotFound) and that ``actor`` may change those datasets (Forbidden); with
+    ``dataset_id``, only that dataset's rows will move."""
+    unique = _unique(ids)
+    datasets = set(_existing(s, id_col, unique).values())
+    if dataset_id is not None:
+        datasets &= {dataset_id}
+    check_owner(s, actor, datasets)
+    return unique, datasets
+
+
 def _existing(s: Session, id_col: Any, ids: list[str]) -> dict[str, str]:
     """id -> dataset_id for the rows of ``id_col``'s table; NotFound if any is missing."""
     table = id_col.class_
@@ -136,12 +149,7 @@ def _task_action(s: Session, actor: Actor, method: str, from_states: Sequence[st
     resets = to_state == "reset"
     count = 0
     if task_ids is not None:
-        ids = _unique(task_ids)
-        found = _existing(s, Task.task_id, ids)
-        datasets = set(found.values())
-        if dataset_id is not None:
-            datasets &= {dataset_id}
-        check_owner(s, actor, datasets)
+        ids, datasets = _owned_ids(s, actor, Task.task_id, task_ids, dataset_id)
         for batch in chunks(ids):
             count += move_tasks(s, [Task.task_id.in_(batch), *filters], from_states,
                                 to_state, now, clear_failures=resets)
@@ -200,12 +208,7 @@ def _job_action(s: Session, actor: Actor, method: str, task_from: Sequence[str],
     resets = task_to == "reset"
     count = 0
     if job_ids is not None:
-        ids = _unique(job_ids)
-        found = _existing(s, Job.job_id, ids)
-        datasets = set(found.values())
-        if dataset_id is not None:
-            datasets &= {dataset_id}
-        check_owner(s, actor, datasets)
+        ids, datasets = _owned_ids(s, actor, Job.job_id, job_ids, dataset_id)
         for batch in chunks(ids):
             # tasks first: a status filter on their jobs must see the jobs unchanged
             chosen: Any = batch

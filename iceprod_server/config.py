@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 CONFIG_FILE = "iceprod.toml"
 
@@ -66,6 +66,38 @@ class Config:
     site_id: str = ""
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
     cookie_secret: str = ""
+    # -- files: downloads and uploads under <data_dir>/files ([files] table) ------------
+    # who may download and upload, by directory (longest match wins; "" is the default):
+    # comma-separated roles out of any, anonymous, pilot, user, admin, site
+    files_access: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: {"": "any"})
+    # largest upload in bytes
+    files_max_upload_bytes: int = 64 * 1024**3
+    # directory where nginx buffers request bodies (client_body_temp_path); uploads that
+    # nginx buffered there arrive as a path in X-Upload-File and are moved, not copied.
+    # Empty: only bodies streamed to the server itself are accepted.
+    files_nginx_upload_dir: str = ""
+    # -- the file proxy ([proxy] table) -------------------------------------------------
+    # URL prefixes the proxy may fetch; anything else gets 403
+    proxy_allow: tuple[str, ...] = ()
+    # who may use the proxy (roles as for files_access)
+    proxy_access: str = "any"
+    # cache directory; empty means <data_dir>/cache
+    proxy_cache_dir: str = ""
+    # the cache's size limit, and the free space it always leaves on its filesystem
+    proxy_cache_max_bytes: int = 50 * 1024**3
+    proxy_cache_reserve_bytes: int = 5 * 1024**3
+    # seconds to connect to a source, and seconds a whole fetch may take
+    proxy_connect_timeout: float = 30.0
+    proxy_timeout: float = 3600.0
+    # -- GridFTP ([gsiftp] table) -------------------------------------------------------
+    # "library": the Globus C client library through ctypes; "url-copy": globus-url-copy
+    # subprocesses
+    gsiftp_backend: str = "library"
+    # default seconds an operation may take before it is aborted
+    gsiftp_timeout: float = 600.0
+    # threads for blocking calls into the Globus library (handle set-up and tear-down)
+    gsiftp_threads: int = 4
 
     @property
     def database_url(self) -> str:
@@ -76,14 +108,42 @@ class Config:
     def path(self, *parts: str) -> Path:
         return Path(self.data_dir).resolve().joinpath(*parts)
 
+    @property
+    def files_dir(self) -> Path:
+        """Where ``/download`` and ``/upload`` paths point."""
+        return self.path("files")
 
-def _fields() -> dict[str, type]:
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.proxy_cache_dir).resolve() if self.proxy_cache_dir else self.path(
+            "cache")
+
+
+def _fields() -> dict[str, Any]:
     hints = get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
-def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
+def _coerce(name: str, value: Any, kind: Any, source: str) -> Any:
     """Convert ``value`` to ``kind``, accepting strings from the environment."""
+    origin = get_origin(kind)
+    if origin is tuple:
+        # a list in the file, or comma-separated in the environment and on flags
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(i, str) for i in items):
+            return tuple(i.strip() for i in items if i.strip())
+        raise ConfigError(f"{source}: option {name!r} must be a list of strings, "
+                          f"got {value!r}")
+    if origin is Mapping:
+        # a table in the file, or "dir=roles;dir=roles" in the environment and on flags
+        if isinstance(value, str):
+            pairs = [part.split("=", 1) for part in value.split(";") if part.strip()]
+            if all(len(pair) == 2 for pair in pairs):
+                return {k.strip().strip("/"): v.strip() for k, v in pairs}
+        elif isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values()):
+            return {str(k).strip("/"): v for k, v in value.items()}
+        raise ConfigError(f"{source}: option {name!r} must be a table of strings "
+                          f"(or DIR=ROLES;DIR=ROLES), got {value!r}")
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -110,12 +170,19 @@ def _coerce(name: str, value: Any, kind: type, source: str) -> Any:
     raise ConfigError(f"{source}: option {name!r} must be {kind.__name__}, got {value!r}")
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``[server] port = 1`` and ``port = 1`` both mean option ``port``."""
+# tables whose keys are named after them: [proxy] allow is option proxy_allow
+PREFIXED_TABLES = ("files", "proxy", "gsiftp")
+
+
+def flatten(table: Mapping[str, Any]) -> dict[str, Any]:
+    """Option names from a parsed file: ``[server] port = 1`` and ``port = 1`` both mean
+    option ``port``; ``[proxy] allow = [...]`` means option ``proxy_allow``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
-        if isinstance(value, Mapping) and key not in ("proxy",):
-            out.update(_flatten(value, prefix))
+        if isinstance(value, Mapping) and key in PREFIXED_TABLES:
+            out.update({f"{key}_{inner}": v for inner, v in value.items()})
+        elif isinstance(value, Mapping):
+            out.update(flatten(value))
         else:
             out[key] = value
     return out
@@ -142,7 +209,7 @@ def load(
     if config_path.exists():
         try:
             with config_path.open("rb") as f:
-                table = _flatten(tomllib.load(f))
+                table = flatten(tomllib.load(f))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{config_path}: {e}") from e
         for key, value in table.items():
@@ -181,6 +248,26 @@ def _validate(config: Config) -> None:
     if config.cookie_secure not in ("auto", "always", "never"):
         raise ConfigError(f"cookie_secure must be auto, always or never, "
                           f"got {config.cookie_secure!r}")
+    roles = {"any", "anonymous", "pilot", "user", "admin", "site"}
+    for where, value in [*((f"files_access[{d!r}]", v) for d, v in
+                           config.files_access.items()), ("proxy_access", config.proxy_access)]:
+        unknown = {r.strip() for r in value.split(",")} - roles
+        if unknown:
+            raise ConfigError(f"{where}: unknown roles {sorted(unknown)}; "
+                              f"choose from {sorted(roles)}")
+    for prefix in config.proxy_allow:
+        scheme, sep, rest = prefix.partition("://")
+        if not sep or scheme not in ("http", "https", "ftp", "gsiftp") or not rest.strip("/"):
+            raise ConfigError(f"proxy_allow: {prefix!r} is not an http, https, ftp or "
+                              "gsiftp URL prefix with a host")
+    if config.gsiftp_backend not in ("library", "url-copy"):
+        raise ConfigError(f"gsiftp_backend must be library or url-copy, "
+                          f"got {config.gsiftp_backend!r}")
+    for name in ("proxy_timeout", "proxy_connect_timeout", "gsiftp_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.gsiftp_threads < 1:
+        raise ConfigError(f"gsiftp_threads must be at least 1, got {config.gsiftp_threads}")
     if config.db_url and not config.db_url.startswith(("sqlite", "mysql", "mariadb")):
         raise ConfigError(
             f"db_url must be sqlite:///PATH or mysql+mysqldb://USER@HOST/DB, got {config.db_url!r}"

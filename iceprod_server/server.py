@@ -51,7 +51,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await scheduler.stop()
         await asyncio.wait_for(server.close_all_connections(), timeout=10)
     finally:
-        services.close()
+        await services.aclose()
 
 
 def _safe_url(url: str) -> str:

@@ -12,6 +12,7 @@ from iceprod_server.config import Config
 from iceprod_server.db.engine import make_engine
 from iceprod_server.executors import Executors
 from iceprod_server.executors.database import Database
+from iceprod_server.gsiftp import GridFTPClient, make_client
 
 
 class Services:
@@ -24,6 +25,7 @@ class Services:
         self.db = Database(self.engine, self.executors.db, config.db_timeout)
         self.auth = Authenticator(self.db, config.auth_cache_seconds)
         self._wake: Callable[[], None] | None = None
+        self._gsiftp: GridFTPClient | None = None
         self.cookie_secret = config.cookie_secret or self._read_cookie_secret()
 
     def _read_cookie_secret(self) -> str:
@@ -44,6 +46,22 @@ class Services:
     async def run_fs(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking filesystem work on the ``fs`` pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executors.fs, fn, *args)
+
+    @property
+    def gsiftp(self) -> GridFTPClient:
+        """The GridFTP client of the configured backend, made on first use."""
+        if self._gsiftp is None:
+            self._gsiftp = make_client(self.config.gsiftp_backend,
+                                       timeout=self.config.gsiftp_timeout,
+                                       executor=self.executors.gsiftp)
+        return self._gsiftp
+
+    async def aclose(self) -> None:
+        """Close what needs the event loop (the GridFTP client), then :meth:`close`."""
+        if self._gsiftp is not None:
+            await self._gsiftp.close()
+            self._gsiftp = None
+        self.close()
 
     def close(self) -> None:
         self.executors.shutdown()

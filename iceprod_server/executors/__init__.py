@@ -18,7 +18,10 @@ class Executors:
     def __init__(self, config: Config) -> None:
         self.db = ThreadPoolExecutor(config.db_threads, thread_name_prefix="db")
         self.fs = ThreadPoolExecutor(config.fs_threads, thread_name_prefix="fs")
+        # blocking calls into the Globus library (handle set-up and tear-down)
+        self.gsiftp = ThreadPoolExecutor(config.gsiftp_threads, thread_name_prefix="gsiftp")
 
     def shutdown(self) -> None:
         self.db.shutdown(wait=True, cancel_futures=True)
         self.fs.shutdown(wait=True, cancel_futures=True)
+        self.gsiftp.shutdown(wait=True, cancel_futures=True)

@@ -90,9 +90,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
 def test_example_file_documents_every_option_and_loads(tmp_path: Path) -> None:
     example = REPO / "conf" / "iceprod.example.toml"
     text = example.read_text()
-    flat: dict[str, object] = {}
-    for key, value in tomllib.loads(text).items():
-        flat.update(value if isinstance(value, dict) else {key: value})
+    flat = config.flatten(tomllib.loads(text))
     names = {f.name for f in dataclasses.fields(Config)} - {"data_dir"}
     assert names <= set(flat), f"options missing from {example}: {sorted(names - set(flat))}"
     write(tmp_path, text)

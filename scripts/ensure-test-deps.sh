@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-build-deps.sh
 scripts/ensure-packages.sh mariadb-server mariadb-client wrk chromium fonts-liberation \
+    globus-gridftp-server-progs globus-gass-copy-progs libglobus-ftp-client2 nginx openssl \
     fonts-dejavu-core
 scripts/ensure-mariadb.sh

@@ -16,6 +16,8 @@ import tornado.escape
 import tornado.web
 
 from iceprod_server.db import users
+from iceprod_server.errors import NotAuthenticated, Unavailable
+from iceprod_server.files import access
 from iceprod_server.rpc.context import ANONYMOUS, Caller
 from iceprod_server.services import Services
 
@@ -123,6 +125,48 @@ class BaseHandler(tornado.web.RequestHandler):
             self.finish(json.dumps({"status": status_code, "error": reason}))
             return
         self.render("error.html", status_code=status_code, reason=reason)
+
+
+class FileAccessHandler(BaseHandler):
+    """Downloads, uploads and the proxy: a passkey (``Authorization: Bearer``) or a login
+    session, checked against an access rule (see :mod:`iceprod_server.files.access`).
+
+    The XSRF token is checked in :meth:`authorize`, and only for a browser session on a
+    state-changing request: a passkey caller has no cookie to forge."""
+
+    def check_xsrf_cookie(self) -> None:
+        pass
+
+    async def prepare(self) -> None:
+        # the caller is found in authorize(), once the handler knows which rule applies
+        pass
+
+    async def authorize(self, rule: str) -> Caller:
+        """The caller, if ``rule`` lets them in; else HTTP 401 (no or a bad credential)
+        or 403 (a valid one without the role)."""
+        try:
+            if self.bearer_token() is not None:
+                self.caller = await self.caller_from_request()
+            else:
+                self.caller = await self.session_caller() or ANONYMOUS
+                if self.caller.role is not None and self.request.method not in (
+                        "GET", "HEAD", "OPTIONS"):
+                    tornado.web.RequestHandler.check_xsrf_cookie(self)
+        except NotAuthenticated as e:
+            raise tornado.web.HTTPError(401, "%s", e.reason) from e
+        except Unavailable as e:
+            raise tornado.web.HTTPError(503, "%s", e.reason) from e
+        if not access.allows(rule, self.caller):
+            if self.caller.role is None:
+                self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
+                raise tornado.web.HTTPError(401, "a passkey (Authorization: Bearer) or a "
+                                                 "login is needed")
+            raise tornado.web.HTTPError(403, "role %s may not do this here",
+                                        self.caller.role)
+        return self.caller
+
+    def wants_json(self) -> bool:
+        return True
 
 
 class PageHandler(BaseHandler):

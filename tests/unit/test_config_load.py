@@ -97,3 +97,37 @@ def test_example_file_documents_every_option_and_loads(tmp_path: Path) -> None:
     c = load(tmp_path, environ={})
     assert c == dataclasses.replace(Config(), data_dir=str(tmp_path)), \
         "the example file should show the defaults"
+
+
+def test_proxy_files_and_gsiftp_tables(tmp_path: Path) -> None:
+    write(tmp_path, '[proxy]\nallow = ["https://data.example.org/sim/", '
+                    '"gsiftp://gridftp.example.org/data/"]\ncache_max_bytes = 1000\n'
+                    '[files]\naccess = { "" = "any", "public" = "anonymous", '
+                    '"outputs/" = "pilot,admin" }\n[gsiftp]\nbackend = "url-copy"\n')
+    c = load(tmp_path, environ={})
+    assert c.proxy_allow == ("https://data.example.org/sim/",
+                             "gsiftp://gridftp.example.org/data/")
+    assert c.proxy_cache_max_bytes == 1000
+    assert c.files_access == {"": "any", "public": "anonymous", "outputs": "pilot,admin"}
+    assert c.gsiftp_backend == "url-copy"
+    env = {"ICEPROD_PROXY_ALLOW": "http://a.example/x/, ftp://b.example/",
+           "ICEPROD_FILES_ACCESS": "=user;logs=admin"}
+    from_env = load(tmp_path, environ=env)
+    assert from_env.proxy_allow == ("http://a.example/x/", "ftp://b.example/")
+    assert from_env.files_access == {"": "user", "logs": "admin"}
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"ICEPROD_PROXY_ALLOW": "file:///etc/"}, ("proxy_allow", "file:///etc/")),
+    ({"ICEPROD_PROXY_ALLOW": "https://"}, ("proxy_allow",)),
+    ({"ICEPROD_FILES_ACCESS": "=pilots"}, ("files_access", "pilots")),
+    ({"ICEPROD_FILES_ACCESS": "no equals sign"}, ("files_access",)),
+    ({"ICEPROD_PROXY_ACCESS": "root"}, ("proxy_access", "root")),
+    ({"ICEPROD_GSIFTP_BACKEND": "ftplib"}, ("gsiftp_backend", "ftplib")),
+])
+def test_bad_files_and_proxy_values_are_named(tmp_path: Path, env: dict[str, str],
+                                              words: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, environ=env)
+    for word in words:
+        assert word in str(e.value), str(e.value)

@@ -64,10 +64,12 @@ def parse_listing(text: str) -> list[Entry]:
 _NOT_FOUND = re.compile(r"no such file|not found|does not exist|file unavailable|"
                         r"\b450\b|no such directory", re.IGNORECASE)
 _DENIED = re.compile(r"permission denied|not permitted|\b530\b|\b533\b|\b535\b|"
-                     r"authenticat|authoriz|access denied|login incorrect", re.IGNORECASE)
+                     r"authenticat|authoriz|access denied|login incorrect|credential",
+                     re.IGNORECASE)
 _CONNECTION = re.compile(r"connection refused|could not connect|connection reset|"
                          r"broken pipe|host unreachable|name or service not known|"
-                         r"\b421\b|eof|connection closed|unable to connect", re.IGNORECASE)
+                         r"\b421\b|\beof\b|end-of-file|connection closed|unable to connect",
+                         re.IGNORECASE)
 
 
 def classify(url: str, message: str) -> GridFTPError:

@@ -8,7 +8,15 @@ from typing import Any
 
 import tornado.web
 
-from iceprod_server.handlers import health, jsonrpc, live, login, pages_datasets, pages_site
+from iceprod_server.handlers import (
+    files,
+    health,
+    jsonrpc,
+    live,
+    login,
+    pages_datasets,
+    pages_site,
+)
 from iceprod_server.rpc import methods
 from iceprod_server.rpc.dispatcher import Dispatcher
 from iceprod_server.services import Services
@@ -46,6 +54,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         *pages_site.routes(),
         *pages_datasets.routes(),
         *live.routes(),
+        *files.routes(),
     ]
     settings: dict[str, Any] = {
         "services": services,

@@ -26,8 +26,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await services.db.read(lambda s: check_schema(s.connection()))
         app = make_app(services)
         # Tornado's own cap sits above ours so the JSON-RPC handler can answer 413 itself
+        # no xheaders: Tornado would take X-Real-IP from any client; the handlers trust
+        # proxy headers only when the TCP peer is the configured trusted_proxy
         server = tornado.httpserver.HTTPServer(
-            app, xheaders=bool(config.trusted_proxy),
+            app,
             max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024))
         server.listen(config.port, address=config.host)
         scheduler = Scheduler(services)

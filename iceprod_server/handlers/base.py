@@ -49,11 +49,30 @@ class BaseHandler(tornado.web.RequestHandler):
             return token.strip()
         return None
 
-    def remote_ip(self) -> str:
-        trusted = self.services.config.trusted_proxy
-        if trusted and self.request.remote_ip == trusted:
-            return self.request.headers.get("X-Real-IP", self.request.remote_ip or "")
+    def peer_address(self) -> str:
+        """The address of the TCP peer itself, which a client cannot forge (unlike
+        X-Real-IP, which only the trusted proxy may set)."""
+        context = getattr(self.request.connection, "context", None)
+        address = getattr(context, "address", None)
+        if isinstance(address, tuple) and address:
+            return str(address[0])
         return self.request.remote_ip or ""
+
+    def from_trusted_proxy(self) -> bool:
+        trusted = self.services.config.trusted_proxy
+        return bool(trusted) and self.peer_address() == trusted
+
+    def remote_ip(self) -> str:
+        if self.from_trusted_proxy():
+            return self.request.headers.get("X-Real-IP", self.peer_address())
+        return self.peer_address()
+
+    def over_https(self) -> bool:
+        """Whether the client reached us over HTTPS, directly or through the proxy."""
+        if self.request.protocol == "https":
+            return True
+        return self.from_trusted_proxy() and self.request.headers.get(
+            "X-Forwarded-Proto", self.request.headers.get("X-Scheme", "")).lower() == "https"
 
     async def caller_from_request(self, legacy_passkey: str | None = None,
                                   legacy_site_id: str | None = None) -> Caller:
@@ -64,8 +83,7 @@ class BaseHandler(tornado.web.RequestHandler):
         pilot_ref = self.request.headers.get("X-IceProd-Pilot", "")
         if legacy_site_id is not None:
             cert_dn = None
-            trusted = self.services.config.trusted_proxy
-            if trusted and self.request.remote_ip == trusted:
+            if self.from_trusted_proxy():
                 cert_dn = self.request.headers.get("X-SSL-Client-DN")
             return await auth.from_site(legacy_site_id, token, cert_dn)
         if token is None and self.caller.role is not None:
@@ -99,7 +117,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def cookie_secure(self) -> bool:
         mode = self.services.config.cookie_secure
         if mode == "auto":
-            return self.request.protocol == "https"
+            return self.over_https()
         return mode == "always"
 
     # -- pages -------------------------------------------------------------------------
@@ -158,7 +176,6 @@ class FileAccessHandler(BaseHandler):
             raise tornado.web.HTTPError(503, "%s", e.reason) from e
         if not access.allows(rule, self.caller):
             if self.caller.role is None:
-                self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
                 raise tornado.web.HTTPError(401, "a passkey (Authorization: Bearer) or a "
                                                  "login is needed")
             raise tornado.web.HTTPError(403, "role %s may not do this here",
@@ -167,6 +184,12 @@ class FileAccessHandler(BaseHandler):
 
     def wants_json(self) -> bool:
         return True
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401:
+            # set here: send_error() clears the headers set before the error was raised
+            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
+        super().write_error(status_code, **kwargs)
 
 
 class PageHandler(BaseHandler):

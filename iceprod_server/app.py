@@ -16,6 +16,7 @@ from iceprod_server.handlers import (
     login,
     pages_datasets,
     pages_site,
+    proxy,
 )
 from iceprod_server.rpc import methods
 from iceprod_server.rpc.dispatcher import Dispatcher
@@ -55,6 +56,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         *pages_datasets.routes(),
         *live.routes(),
         *files.routes(),
+        *proxy.routes(),
     ]
     settings: dict[str, Any] = {
         "services": services,

@@ -56,11 +56,15 @@ class Services:
                                        executor=self.executors.gsiftp)
         return self._gsiftp
 
-    async def aclose(self) -> None:
-        """Close what needs the event loop (the GridFTP client), then :meth:`close`."""
+    async def close_gsiftp(self) -> None:
+        """Close the GridFTP client, if one was made (on the loop it was used on)."""
         if self._gsiftp is not None:
             await self._gsiftp.close()
             self._gsiftp = None
+
+    async def aclose(self) -> None:
+        """Close what needs the event loop (the GridFTP client), then :meth:`close`."""
+        await self.close_gsiftp()
         self.close()
 
     def close(self) -> None:

@@ -164,9 +164,18 @@ def load() -> Globus:
     global _globus
     with _lock:
         if _globus is None:
+            before = os.environ.get("GLOBUS_THREAD_MODEL")
             os.environ["GLOBUS_THREAD_MODEL"] = "pthread"
-            globus = Globus()
-            globus.activate()
+            try:
+                globus = Globus()
+                globus.activate()
+            finally:
+                # the model is fixed at activation; programs this process starts later
+                # (globus-url-copy, pilots' modules) keep their own default
+                if before is None:
+                    del os.environ["GLOBUS_THREAD_MODEL"]
+                else:
+                    os.environ["GLOBUS_THREAD_MODEL"] = before
             log.debug("activated %s with the pthread model", FTP_CLIENT_LIBRARY)
             _globus = globus
         return _globus

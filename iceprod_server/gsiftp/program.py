@@ -150,9 +150,12 @@ class _PipeWriter(asyncio.BaseProtocol):
 
 def _popen(command: list[str], stdin: bool, stdout: bool) -> subprocess.Popen[bytes]:
     pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
+    # globus-url-copy crashes now and then (SIGSEGV, hangs) under the pthread thread model
+    # that the library backend chooses for this process: the program gets its default
+    env = {k: v for k, v in os.environ.items() if k != "GLOBUS_THREAD_MODEL"}
     return subprocess.Popen(command, stdin=pipe if stdin else devnull,
                             stdout=pipe if stdout else devnull, stderr=pipe,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

@@ -72,6 +72,9 @@ class InProcessServer:
         if self._http is not None:
             self._http.stop()
             await self._http.close_all_connections()
+        if self.services is not None:
+            # the GridFTP client belongs to this loop: close it while the loop runs
+            await self.services.close_gsiftp()
 
     def stop(self) -> None:
         try:

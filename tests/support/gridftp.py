@@ -1,0 +1,563 @@
+"""Real GridFTP servers for tests and benchmarks: ``globus-gridftp-server`` on loopback.
+
+- :func:`running_server`: a server on an unused port of 127.0.0.1, anonymous ``ftp://``
+  or, given :class:`GSICredentials`, ``gsiftp://`` with certificates. It runs in a process
+  group of its own (one child per connection), and stopping it kills the whole group.
+- :func:`make_credentials`: a throwaway OpenSSL certificate authority, a host certificate
+  for ``localhost``/``127.0.0.1``, a user certificate and a grid-mapfile, all made with the
+  ``openssl`` command line.
+- :func:`served_directory`: a directory the server may read and write. The server serves
+  the whole filesystem but runs each session as user ``nobody``, who cannot enter
+  pytest's private temporary directories, so these live under ``/tmp``.
+- :class:`BlackHole`: a listener that accepts connections and never answers (or greets
+  and then stalls): what a hung server looks like, for timeout tests.
+- :class:`Site`: one test's directory on a server with one backend to reach it, and
+  :func:`session_credentials`, the certificates of the whole test process.
+
+``bench/gridftp.py`` starts its servers with the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import builtins
+import enum
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import pytest
+
+from iceprod_server.gsiftp import GridFTPClient, UnsupportedError, make_client
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+HOST = "127.0.0.1"
+SERVER_PROGRAM = "globus-gridftp-server"
+START_TIMEOUT = 20.0
+SKIP_GSI = os.environ.get("ICEPROD_TEST_SKIP_GSI", "") == "1"
+# the variables through which the Globus libraries find certificates and identities
+X509_VARIABLES = ("X509_CERT_DIR", "X509_USER_CERT", "X509_USER_KEY", "X509_USER_PROXY",
+                  "X509_VOMS_DIR", "GRIDMAP")
+
+CA_SUBJECT = "/O=IceProd Test/CN=IceProd Test CA"
+HOST_SUBJECT = "/O=IceProd Test/CN=localhost"
+USER_SUBJECT = "/O=IceProd Test/CN=IceProd Test User"
+# the local account that both the anonymous and the certificate login run as
+LOCAL_USER = "nobody"
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[host]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth,clientAuth
+subjectAltName = DNS:localhost,IP:127.0.0.1
+[user]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment,dataEncipherment
+extendedKeyUsage = clientAuth
+"""
+
+
+class GridFTPSetupError(RuntimeError):
+    """A server or the certificates could not be set up; the message says why."""
+
+
+def unused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def served_directory(label: str = "data") -> Iterator[Path]:
+    """A fresh directory under /tmp that user ``nobody`` can enter, read and write
+    (mode 0777), removed with everything in it afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=f"iceprod-gridftp-{label}-"))
+    try:
+        path.chmod(0o777)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- certificates ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GSICredentials:
+    """A certificate authority with a host and a user certificate, in ``directory``."""
+
+    directory: Path
+
+    @property
+    def cert_dir(self) -> Path:
+        return self.directory / "certificates"
+
+    @property
+    def gridmap(self) -> Path:
+        return self.directory / "grid-mapfile"
+
+    def client_env(self) -> dict[str, str]:
+        """What a client needs in its environment to log in as the test user."""
+        return {"X509_CERT_DIR": str(self.cert_dir),
+                "X509_USER_CERT": str(self.directory / "user.pem"),
+                "X509_USER_KEY": str(self.directory / "user.key")}
+
+    def server_env(self) -> dict[str, str]:
+        """What the server needs: the host certificate and the grid-mapfile."""
+        return {"X509_CERT_DIR": str(self.cert_dir),
+                "X509_USER_CERT": str(self.directory / "host.pem"),
+                "X509_USER_KEY": str(self.directory / "host.key"),
+                "GRIDMAP": str(self.gridmap)}
+
+
+def _openssl(*args: str, cwd: Path) -> str:
+    try:
+        proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=cwd,
+                              timeout=60, check=False)
+    except OSError as e:
+        raise GridFTPSetupError(f"cannot run openssl: {e}") from e
+    if proc.returncode != 0:
+        raise GridFTPSetupError(f"`openssl {' '.join(args)}` failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def make_credentials(directory: Path) -> GSICredentials:
+    """Make the certificate authority, host and user certificates and the grid-mapfile
+    in ``directory`` (created; it must not exist yet).
+
+    The directory is left readable by everyone, and its parents must let everyone
+    through: the server checks the data channel's certificates after it has switched
+    to user ``nobody``. The keys stay private (0600), which Globus insists on.
+    """
+    directory.mkdir(parents=True)
+    directory.chmod(0o755)
+    creds = GSICredentials(directory)
+    creds.cert_dir.mkdir(mode=0o755)
+    (directory / "openssl.cnf").write_text(_OPENSSL_CONFIG)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+             "-out", "ca.pem", "-days", "7", "-subj", CA_SUBJECT, "-config", "openssl.cnf",
+             "-extensions", "ca", cwd=directory)
+    ca_hash = _openssl("x509", "-hash", "-noout", "-in", "ca.pem", cwd=directory).strip()
+    shutil.copyfile(directory / "ca.pem", creds.cert_dir / f"{ca_hash}.0")
+    (creds.cert_dir / f"{ca_hash}.signing_policy").write_text(
+        f"access_id_CA X509 '{CA_SUBJECT}'\n"
+        "pos_rights globus CA:sign\n"
+        "cond_subjects globus '\"/*\"'\n")
+    for name, subject in (("host", HOST_SUBJECT), ("user", USER_SUBJECT)):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", "-subj", subject, "-config", "openssl.cnf",
+                 cwd=directory)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "7",
+                 "-extfile", "openssl.cnf", "-extensions", name, cwd=directory)
+        (directory / f"{name}.key").chmod(0o600)
+    (directory / "ca.key").chmod(0o600)
+    creds.gridmap.write_text(f'"{USER_SUBJECT}" {LOCAL_USER}\n')
+    return creds
+
+
+def without_x509(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` without any certificate setting the caller may have."""
+    return {k: v for k, v in environ.items() if k not in X509_VARIABLES}
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+@dataclass
+class GridFTPServer:
+    """One ``globus-gridftp-server`` process (the leader of its own process group)."""
+
+    scheme: str  # "ftp" or "gsiftp"
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def url(self, path: str | os.PathLike[str]) -> str:
+        """The URL of an absolute local ``path`` on this server."""
+        text = os.fspath(path)
+        if not text.startswith("/"):
+            raise ValueError(f"not an absolute path: {text!r}")
+        return f"{self.scheme}://{HOST}:{self.port}{text}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server and every per-connection child it forked."""
+        _kill_group(self.proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        # children left after the leader exits are still in the group: wait for them too
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(proc.pid):
+                return
+            time.sleep(0.05)
+    proc.wait(timeout=5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_server(log_dir: Path, credentials: GSICredentials | None = None,
+                 port: int | None = None) -> GridFTPServer:
+    """Start a server and wait until it greets with ``220``.
+
+    Without ``credentials`` it allows anonymous ``ftp://`` logins, run as ``nobody``;
+    with them it serves ``gsiftp://`` to the test user, mapped to ``nobody`` too.
+    """
+    program = shutil.which(SERVER_PROGRAM) or f"/usr/sbin/{SERVER_PROGRAM}"
+    port = port or unused_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    scheme = "gsiftp" if credentials else "ftp"
+    log_path = log_dir / f"gridftp-{scheme}-{port}.log"
+    argv = [program, "-p", str(port), "-control-interface", HOST, "-data-interface", HOST,
+            "-l", str(log_path), "-d", "ERROR,WARN,INFO", "-disable-usage-stats"]
+    env = without_x509(dict(os.environ))
+    if credentials is None:
+        argv += ["-aa", "-anonymous-user", LOCAL_USER]
+    else:
+        env.update(credentials.server_env())
+    try:
+        with log_path.with_suffix(".stderr").open("wb") as stderr:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, env=env, start_new_session=True)
+    except OSError as e:
+        raise GridFTPSetupError(f"cannot start {program}: {e} (install the Debian package "
+                                "globus-gridftp-server-progs)") from e
+    server = GridFTPServer(scheme, port, proc, log_path)
+    try:
+        _wait_for_greeting(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_for_greeting(server: GridFTPServer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last = ""
+    while time.monotonic() < deadline:
+        if not server.alive():
+            stderr = server.log_path.with_suffix(".stderr").read_text(errors="replace")
+            raise GridFTPSetupError(
+                f"{SERVER_PROGRAM} exited with {server.proc.returncode} before it was "
+                f"ready:\n{stderr[-3000:]}\n{server.log_tail()}")
+        try:
+            with socket.create_connection((HOST, server.port), timeout=2) as s:
+                greeting = s.recv(200).decode(errors="replace")
+            if greeting.startswith("220"):
+                return
+            last = greeting
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise GridFTPSetupError(f"{SERVER_PROGRAM} on port {server.port} did not greet with 220 "
+                            f"within {START_TIMEOUT} s (last: {last!r}); its log:\n"
+                            f"{server.log_tail()}")
+
+
+@contextmanager
+def running_server(log_dir: Path,
+                   credentials: GSICredentials | None = None) -> Iterator[GridFTPServer]:
+    server = start_server(log_dir, credentials)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def scheme_server(scheme: str, log_dir: Path) -> Iterator[GridFTPServer]:
+    """A server for ``scheme``: anonymous for "ftp", with :func:`session_credentials`
+    for "gsiftp"."""
+    credentials = session_credentials() if scheme == "gsiftp" else None
+    with running_server(log_dir, credentials) as server:
+        yield server
+
+
+def check_gsi(credentials: GSICredentials, log_dir: Path) -> str | None:
+    """List ``/tmp/`` over gsiftp with ``globus-url-copy`` as the test user, against a
+    server of its own; None when that works, else what went wrong."""
+    env = without_x509(dict(os.environ))
+    env.update(credentials.client_env())
+    try:
+        with running_server(log_dir, credentials) as server:
+            proc = subprocess.run(["globus-url-copy", "-list", server.url("/tmp/")],
+                                  capture_output=True, text=True, env=env, timeout=60,
+                                  check=False)
+            if proc.returncode != 0:
+                return (f"`globus-url-copy -list {server.url('/tmp/')}` exited with "
+                        f"{proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}\n"
+                        f"server log:\n{server.log_tail()}")
+    except (GridFTPSetupError, OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return None
+
+
+_session: GSICredentials | str | None = None
+
+
+def session_credentials() -> GSICredentials:
+    """The certificates of this test process, made and checked once, removed at exit.
+
+    The first call also puts the test user's certificate into this process's environment
+    for the rest of the run: the library backend reads it there (once, when it is
+    activated), and the url-copy backend's programs inherit it.
+
+    When gsiftp cannot work here the calling test fails with the reason, or is skipped
+    when ``ICEPROD_TEST_SKIP_GSI=1`` is set (as the MariaDB half of the suite is with
+    ``ICEPROD_TEST_SKIP_MARIADB``).
+    """
+    global _session
+    if _session is None:
+        directory = Path(tempfile.mkdtemp(prefix="iceprod-gridftp-gsi-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        directory.chmod(0o755)  # mkdtemp's 0700 would keep "nobody" out
+        try:
+            creds = make_credentials(directory / "credentials")
+            problem = check_gsi(creds, directory / "check")
+        except GridFTPSetupError as e:
+            problem = str(e)
+        _session = creds if problem is None else problem
+        if problem is None:
+            for name in X509_VARIABLES:
+                os.environ.pop(name, None)
+            os.environ.update(creds.client_env())
+    if isinstance(_session, GSICredentials):
+        return _session
+    message = (f"gsiftp:// with a throwaway certificate authority does not work here: "
+               f"{_session}\nSet ICEPROD_TEST_SKIP_GSI=1 to skip the gsiftp half of the "
+               "GridFTP tests")
+    if SKIP_GSI:
+        pytest.skip("ICEPROD_TEST_SKIP_GSI=1: " + message)
+    pytest.fail(message, pytrace=False)
+
+
+# -- a server that never answers ---------------------------------------------------------
+
+
+class BlackHole:
+    """A TCP listener on 127.0.0.1 that accepts connections and then says nothing, or
+    with ``greet`` sends the FTP greeting ``220`` and then nothing more."""
+
+    def __init__(self, greet: bool = False) -> None:
+        self.greet = greet
+        self._listener = socket.create_server((HOST, 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._connections: list[socket.socket] = []
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="gridftp-black-hole",
+                                        daemon=True)
+        self._thread.start()
+
+    def url(self, scheme: str, path: str = "/tmp/nothing-here") -> str:
+        return f"{scheme}://{HOST}:{self.port}{path}"
+
+    @property
+    def accepted(self) -> int:
+        return len(self._connections)
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.greet:
+                try:
+                    conn.sendall(b"220 black hole ready.\r\n")
+                except OSError:
+                    pass
+            # held open, unread, until close(): the client hears nothing more
+            self._connections.append(conn)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for conn in self._connections:
+            conn.close()
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+# -- one test's directory ----------------------------------------------------------------
+
+# the client's default timeout in tests, and how long a whole scenario may take before the
+# test gives up on a backend that ignores its timeouts
+CLIENT_TIMEOUT = 60.0
+GUARD = 180.0
+# what a refusal of gsiftp control-channel operations has to talk about to be clear
+_CLEAR_REFUSAL = re.compile(r"gsi|gss|certificate|x\.?509|credential", re.IGNORECASE)
+
+
+class Unsupported(enum.Enum):
+    """What :meth:`Site.run_control` returns when the backend refused, as it may."""
+
+    ALLOWED = "refused with UnsupportedError, as this backend may on this scheme"
+
+
+@dataclass
+class Site:
+    """One test's directory on a GridFTP server, and the backend to reach it with.
+
+    Files are set up and checked through the local filesystem; everything made here is
+    open to user ``nobody`` (directories 0777, files 0666), as whom the server works.
+    """
+
+    server: GridFTPServer
+    backend: str
+    directory: Path
+
+    @property
+    def scheme(self) -> str:
+        return self.server.scheme
+
+    @property
+    def control_may_be_unsupported(self) -> bool:
+        """url-copy may be unable to do GSI on a control connection of its own."""
+        return self.backend == "url-copy" and self.scheme == "gsiftp"
+
+    def url(self, name: str = "") -> str:
+        return self.server.url(f"{self.directory}/{name}")
+
+    def mkdir(self, name: str, mode: int = 0o777) -> Path:
+        path = self.directory
+        for part in Path(name).parts:
+            path = path / part
+            if not path.is_dir():
+                path.mkdir()
+                path.chmod(0o777)
+        path.chmod(mode)
+        return path
+
+    def write(self, name: str, data: bytes, mode: int = 0o666) -> Path:
+        parent = Path(name).parent
+        path = (self.mkdir(str(parent)) if parent != Path(".") else self.directory) / \
+            Path(name).name
+        path.write_bytes(data)
+        path.chmod(mode)
+        return path
+
+    def read(self, name: str) -> bytes:
+        return (self.directory / name).read_bytes()
+
+    def run(self, scenario: Callable[[GridFTPClient], Awaitable[T]], *,
+            timeout: float = CLIENT_TIMEOUT, guard: float = GUARD) -> T:
+        """Run ``scenario`` with a new client (``timeout`` is its default) in a new event
+        loop, and close the client afterwards."""
+        return asyncio.run(self._with_client(scenario, timeout, guard))
+
+    def run_control(self, scenario: Callable[[GridFTPClient], Awaitable[T]], *,
+                    timeout: float = CLIENT_TIMEOUT,
+                    guard: float = GUARD) -> T | Unsupported:
+        """:meth:`run` for control-channel operations, which url-copy may refuse on
+        gsiftp: that, with a message saying why, gives ``Unsupported.ALLOWED``."""
+        try:
+            return self.run(scenario, timeout=timeout, guard=guard)
+        except UnsupportedError as e:
+            if not self.control_may_be_unsupported:
+                raise
+            assert e.url.startswith("gsiftp://"), f"refusal about {e.url!r}"
+            assert _CLEAR_REFUSAL.search(e.detail), \
+                f"UnsupportedError without saying that GSI is the reason: {e}"
+            return Unsupported.ALLOWED
+
+    async def _with_client(self, scenario: Callable[[GridFTPClient], Awaitable[T]],
+                           timeout: float, guard: float) -> T:
+        client = make_client(self.backend, timeout=timeout)
+        try:
+            async with asyncio.timeout(guard) as deadline:
+                return await scenario(client)
+        except builtins.TimeoutError:
+            if deadline.expired():
+                raise AssertionError(f"the {self.backend} client did not finish within "
+                                     f"{guard:.0f} s, its timeouts notwithstanding") from None
+            raise
+        finally:
+            await asyncio.wait_for(client.close(), 30)
+
+
+@contextmanager
+def make_site(request: pytest.FixtureRequest, server: GridFTPServer, backend: str,
+              root: Path) -> Iterator[Site]:
+    """A :class:`Site` in a new directory under ``root``, removed afterwards; when the test
+    fails, the end of the server's log is printed with it."""
+    directory = Path(tempfile.mkdtemp(prefix="t-", dir=root))
+    directory.chmod(0o777)
+    failed_before = request.session.testsfailed
+    try:
+        yield Site(server, backend, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        if request.session.testsfailed > failed_before:
+            print(f"---- end of the GridFTP server's log ({server.log_path}) ----")
+            print(server.log_tail())
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def assert_same_bytes(got: bytes, expected: bytes) -> None:
+    """Equality with a short message (where they differ), not a diff of megabytes."""
+    if got == expected:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                 min(len(got), len(expected)))
+    raise AssertionError(f"got {len(got)} bytes, expected {len(expected)}; they differ from "
+                         f"offset {first}")

@@ -37,6 +37,8 @@ from iceprod_server.gsiftp.transfer import (
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"[0-9a-f]+")
+# chunks (of up to BUFFER_SIZE) a download to a file may run ahead of the disk
+WRITE_QUEUE = 16
 _UNSUPPORTED_CHECKSUM = re.compile(r"\b50[0-4]\b|unknown checksum|unsupported|not supported|"
                                    r"not implemented|unknown command", re.IGNORECASE)
 
@@ -103,14 +105,33 @@ class LibraryClient(GridFTPClient):
     async def _get_to_file(self, url: str, path: str) -> None:
         loop = asyncio.get_running_loop()
         file, temp = await loop.run_in_executor(self._executor, _open_temp, path)
+        # the disk writes run one after another in a task of their own, up to
+        # WRITE_QUEUE chunks behind the transfer, so the network and the disk overlap
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(WRITE_QUEUE)
 
-        async def write(chunk: bytes) -> None:
-            await loop.run_in_executor(self._executor, file.write, chunk)
+        async def drain() -> None:
+            while (chunk := await queue.get()) is not None:
+                await loop.run_in_executor(self._executor, file.write, chunk)
+
+        writer = asyncio.ensure_future(drain())
+
+        async def write(chunk: bytes | None) -> None:
+            put = asyncio.ensure_future(queue.put(chunk))
+            await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done() and not put.done():
+                put.cancel()
+                writer.result()  # the disk write's error
+                raise OSError(f"{path}: the file writer stopped")
 
         try:
             await self._read(url, "get", write)
+            await write(None)
+            await writer
             await loop.run_in_executor(self._executor, _close_and_rename, file, temp, path)
         except BaseException:
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
             await asyncio.shield(loop.run_in_executor(self._executor, _close_and_remove,
                                                       file, temp))
             raise

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m bench [--quick] [--only echo,pilot,count,pages] [--db sqlite,mariadb]
+    python -m bench [--quick] [--only echo,pilot,count,pages,files,gridftp]
+                    [--db sqlite,mariadb]
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import count, echo, pages, pilot, report
+from bench import count, echo, files, gridftp, pages, pilot, report
 from bench.backends import BACKENDS, mariadb_available
 from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
 
-BENCHMARKS = ("echo", "pilot", "count", "pages")
+BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp")
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -34,8 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the IceProd server: echo vs a bare Tornado handler, the "
-        "pilot cycle at two queue lengths, task counts on a million-task dataset, and the "
-        "pages' render times with a million tasks. "
+        "pilot cycle at two queue lengths, task counts on a million-task dataset, the "
+        "pages' render times with a million tasks, the file proxy (1 GB, cold and cached) "
+        "vs a direct download, and the GridFTP library backend vs globus-url-copy. "
         "Figures are printed as tables with ratios to baselines measured in the same run, "
         "and saved under bench/results/.")
     parser.add_argument("--quick", action="store_true",
@@ -43,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHMARKS), metavar="LIST",
                         type=lambda t: _names(t, BENCHMARKS, "benchmark"),
                         help="benchmarks to run, comma-separated (default: all: "
-                             "echo,pilot,count,pages)")
+                             "echo,pilot,count,pages,files,gridftp)")
     parser.add_argument("--db", default=None, metavar="LIST",
                         type=lambda t: _names(t, BACKENDS, "database"),
                         help="databases for the pilot, count and pages benchmarks "
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 dbs, count.QUICK if args.quick else count.Settings()),
             "pages": lambda: pages.run_all(
                 dbs, pages.QUICK if args.quick else pages.Settings()),
+            "files": lambda: _with_cleanup(
+                lambda c: files.run(c, files.QUICK if args.quick else files.Settings())),
+            "gridftp": lambda: _with_cleanup(
+                lambda c: gridftp.run(c, gridftp.QUICK if args.quick else gridftp.Settings())),
         }
         for name in BENCHMARKS:
             if name in args.only:
@@ -148,6 +154,14 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines.append(f"  pages {db}, p95 (target {pages.TARGET_P95_MS:.0f} ms): " + ", ".join(
             f"{name} {report.fmt(f['http']['p95_ms'])} ms {pages.verdict(f)}"
             for name, f in r["pages"].items()))
+    if "files" in b:
+        t = b["files"]["targets"]
+        lines.append("  file proxy / direct download MB/s: " + ", ".join(
+            f"{name} {report.fmt_ratio(value)}" for name, value in b["files"]["ratios"].items())
+            + "; peak server RSS MB " + ", ".join(
+            f"{name} {report.fmt(f['peak_rss_mb'])}" for name, f in t.items()))
+    if "gridftp" in b:
+        lines += gridftp.summary_lines(b["gridftp"])
     return lines
 
 

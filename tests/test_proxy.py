@@ -427,6 +427,7 @@ def test_a_passkey_is_needed(proxy: Proxy, upstream: Upstream) -> None:
     url = upstream.url("file", "auth.bin")
     anonymous = post(proxy.srv, None, url=url)
     assert anonymous.status == 401 and anonymous.json()["error"]
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
     assert call(proxy.srv, "POST", "/download", json.dumps({"url": url}).encode(),
                 "not-a-passkey").status == 401
     assert upstream.gets(url) == 0

@@ -113,6 +113,8 @@ class _ProxyHandler(FileAccessHandler):
         reason = self._reason
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
             reason = exc.log_message % exc.args if exc.args else exc.log_message
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "error": reason}))
 

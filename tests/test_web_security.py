@@ -151,11 +151,16 @@ class Web:
         """What a refused call must leave as it was."""
         public = self.client()
         info = public.call("public_get_dataset", dataset_id=dataset_id)
+        counts: dict[str, int] = {}
+        for state, n in public.call("public_get_number_of_tasks_in_each_state",
+                                    dataset_id=dataset_id).items():
+            # the scheduler moves tasks from idle to waiting and queued on its own
+            key = "not started" if state in ("idle", "waiting", "queued") else state
+            counts[key] = counts.get(key, 0) + n
         return {
             "dataset": {k: info[k] for k in ("status", "priority", "njobs", "description")},
             "config": public.call("public_get_dataset_config", dataset_id=dataset_id),
-            "counts": public.call("public_get_number_of_tasks_in_each_state",
-                                  dataset_id=dataset_id),
+            "counts": counts,
             "audit": len(self.client("admin1").call("list_audit_log", limit=1000)["items"]),
         }
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import gridftp
 from tests.support.databases import BACKENDS, throwaway_database
 from tests.support.servers import Deployment, ServerProcess, start_server
 
@@ -100,3 +101,12 @@ def module_server(request: pytest.FixtureRequest,
     failed_before = request.session.testsfailed
     yield factory
     factory.close(show_logs=request.session.testsfailed > failed_before)
+
+
+@pytest.fixture(scope="module", params=("ftp", "gsiftp"))
+def gridftp_server(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[gridftp.GridFTPServer]:
+    """A real globus-gridftp-server on loopback, anonymous ftp:// and gsiftp:// with a
+    throwaway certificate authority (tests/support/gridftp.py)."""
+    with gridftp.scheme_server(request.param, tmp_path_factory.mktemp("gridftp")) as server:
+        yield server

@@ -46,19 +46,11 @@ from tests.support.gridftp import (
     random_bytes,
 )
 
-SCHEMES = ("ftp", "gsiftp")
 # short enough for a quick suite, long enough that a slow start is not taken for a hang
 SHORT_TIMEOUT = 2.0
 # how much later than its timeout a TimeoutError may come (killing a subprocess, aborting
 # a library handle)
 TIMEOUT_SLACK = 5.0
-
-
-@pytest.fixture(scope="module", params=SCHEMES)
-def gridftp_server(request: pytest.FixtureRequest,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[gridftp.GridFTPServer]:
-    with gridftp.scheme_server(request.param, tmp_path_factory.mktemp("gridftp")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

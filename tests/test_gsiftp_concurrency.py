@@ -25,19 +25,11 @@ from tests.support.gridftp import MiB, random_bytes
 from tests.support.inprocess import InProcessServer, in_process_server
 from tests.support.servers import Deployment
 
-SCHEMES = ("ftp", "gsiftp")
 TRANSFERS = 20
 SIZE = 16 * MiB
 # an echo on an idle loop takes about a millisecond; this is a wide margin
 ECHO_LIMIT = 0.5
 ECHO_INTERVAL = 0.005
-
-
-@pytest.fixture(scope="module", params=SCHEMES)
-def gridftp_server(request: pytest.FixtureRequest,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[gridftp.GridFTPServer]:
-    with gridftp.scheme_server(request.param, tmp_path_factory.mktemp("gridftp")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import gridftp
+from tests.support import gridftp, gsi_ca
 from tests.support.databases import BACKENDS, throwaway_database
 from tests.support.servers import Deployment, ServerProcess, start_server
 
@@ -107,6 +107,6 @@ def module_server(request: pytest.FixtureRequest,
 def gridftp_server(request: pytest.FixtureRequest,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[gridftp.GridFTPServer]:
     """A real globus-gridftp-server on loopback, anonymous ftp:// and gsiftp:// with a
-    throwaway certificate authority (tests/support/gridftp.py)."""
-    with gridftp.scheme_server(request.param, tmp_path_factory.mktemp("gridftp")) as server:
+    throwaway certificate authority (tests/support/gsi_ca.py)."""
+    with gsi_ca.scheme_server(request.param, tmp_path_factory.mktemp("gridftp")) as server:
         yield server

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import re
 import select
@@ -26,51 +25,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
 from tests.support.databases import throwaway_database
 from tests.support.datasets import wait_until
-from tests.support.servers import PASSWORD, ServerProcess, http_get
+from tests.support.http import BrowserSession, Reply, fetch, request_head, sha512
+from tests.support.servers import ServerProcess, http_get
 
 ACCESS = "=any;public=anonymous;outputs=pilot,admin"
 MB = 1024 * 1024
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def fetch(port: int, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
-          headers: dict[str, str] | None = None, key: str | None = None,
-          host: str = "127.0.0.1", source: str | None = None,
-          timeout: float = 60.0) -> Reply:
-    """One request on a fresh connection; ``path`` is sent exactly as given (no
-    normalisation of ``..`` or escapes), ``source`` picks the client's own address."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout,
-                                      source_address=(source, 0) if source else None)
-    all_headers = dict(headers or {})
-    if key:
-        all_headers["Authorization"] = f"Bearer {key}"
-    try:
-        conn.request(method, path, body=body, headers=all_headers,
-                     encode_chunked=not isinstance(body, bytes | None)
-                     and "Content-Length" not in all_headers)
-        resp = conn.getresponse()
-        return Reply(resp.status, resp.headers, resp.read())
-    finally:
-        conn.close()
-
-
-def sha512(data: bytes) -> str:
-    return hashlib.sha512(data).hexdigest()
 
 
 def entries(directory: Path) -> list[str]:
@@ -417,9 +381,8 @@ def send_part_and_hang_up(port: int, relpath: str, key: str, total: int, sent: i
     writing them, then close the connection."""
     before = set(entries(directory))
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall((f"PUT /upload/{relpath} HTTP/1.1\r\nHost: x\r\n"
-                      f"Authorization: Bearer {key}\r\nContent-Length: {total}\r\n\r\n")
-                     .encode())
+        sock.sendall(request_head("PUT", f"/upload/{relpath}", {"Content-Length": str(total)},
+                                  key))
         sock.sendall(os.urandom(sent))
         wait_until("the server to start a temporary file",
                    lambda: set(entries(directory)) - before, timeout=15)
@@ -512,8 +475,8 @@ def small(module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def test_an_announced_body_over_the_limit_is_413_before_it_is_sent(small: Files) -> None:
     with socket.create_connection(("127.0.0.1", small.port), timeout=10) as sock:
-        sock.sendall((f"PUT /upload/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                      f"{small.keys['pilot']}\r\nContent-Length: {MB + 1}\r\n\r\n").encode())
+        sock.sendall(request_head("PUT", "/upload/big.bin", {"Content-Length": str(MB + 1)},
+                                  small.keys["pilot"]))
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
     assert small.upload("big.bin", b"", {"X-Size": str(MB + 1)}).status == 413
@@ -523,8 +486,8 @@ def test_an_announced_body_over_the_limit_is_413_before_it_is_sent(small: Files)
 def test_a_chunked_body_over_the_limit_is_413_and_leaves_nothing(small: Files) -> None:
     piece = b"x" * 64 * 1024
     with socket.create_connection(("127.0.0.1", small.port), timeout=10) as sock:
-        sock.sendall((f"PUT /upload/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                      f"{small.keys['pilot']}\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        sock.sendall(request_head("PUT", "/upload/big.bin", {"Transfer-Encoding": "chunked"},
+                                  small.keys["pilot"]))
         # send until the server answers, as a client that watches for an early answer does
         for _ in range(64):
             if select.select([sock], [], [], 0.05)[0]:
@@ -581,33 +544,9 @@ def test_a_symlink_does_not_open_a_stricter_directory(files: Files) -> None:
     assert files.get("/download/public/secret-link.txt", who="pilot").body == b"secret"
 
 
-class Session:
-    """A logged-in browser, by hand: the session cookie and the XSRF cookie."""
-
-    def __init__(self, port: int, username: str) -> None:
-        self.port = port
-        self.cookies: dict[str, str] = {}
-        form = urlencode({"username": username, "password": PASSWORD}).encode()
-        self.request("POST", "/login", form,
-                     {"Content-Type": "application/x-www-form-urlencoded"})
-        assert "iceprod_session" in self.cookies, "the login did not set a session cookie"
-        self.request("GET", "/login")
-        assert "_xsrf" in self.cookies
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Reply:
-        cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        reply = fetch(self.port, method, path, body,
-                      {**(headers or {}), **({"Cookie": cookie} if cookie else {})})
-        for header in reply.headers.get_all("Set-Cookie") or []:
-            name, _, rest = header.partition("=")
-            self.cookies[name.strip()] = rest.split(";", 1)[0].strip('"')
-        return reply
-
-
 def test_a_login_session_downloads_and_uploads_with_its_xsrf_token(files: Files) -> None:
     files.srv.deployment.add_user("alice")
-    browser = Session(files.port, "alice")
+    browser = BrowserSession(files.port, "alice")
     files.put_file("session/a.txt", b"for alice")
     assert browser.request("GET", "/download/session/a.txt").body == b"for alice"
 

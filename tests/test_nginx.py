@@ -30,10 +30,11 @@ import pytest
 from tests.support import nginx as nginx_support
 from tests.support.databases import throwaway_database
 from tests.support.datasets import wait_until
+from tests.support.http import Reply, fetch, request_head, sha512
 from tests.support.nginx import Nginx, start_nginx
 from tests.support.servers import ServerProcess, unused_port
-from tests.test_files import MB, Reply, fetch, sha512
 
+MB = 1024 * 1024
 # a client address other than the proxy's (all of 127/8 is loopback)
 UNTRUSTED = "127.0.0.3"
 
@@ -222,9 +223,8 @@ def test_a_checksum_mismatch_through_nginx_leaves_nothing(front: Front) -> None:
 def test_a_client_that_breaks_off_through_nginx_leaves_nothing(front: Front) -> None:
     with Watcher(front.nginx.upload_dir) as watcher, \
             socket.create_connection(("127.0.0.1", front.nginx.port)) as sock:
-        sock.sendall((f"PUT /upload/broken/x.bin HTTP/1.1\r\nHost: x\r\n"
-                      f"Authorization: Bearer {front.key}\r\nContent-Length: {10 * MB}\r\n\r\n")
-                     .encode())
+        sock.sendall(request_head("PUT", "/upload/broken/x.bin",
+                                  {"Content-Length": str(10 * MB)}, front.key))
         sock.sendall(os.urandom(4 * MB))
         wait_until("nginx to start buffering the body", lambda: watcher.inodes, timeout=15)
     wait_until("nginx to remove the partial body", lambda: front.buffered_files() == [],

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ import tornado.web
 
 from tests.conftest import ServerFactory
 from tests.support.databases import throwaway_database
+from tests.support.gridftp import GridFTPServer, running_server, served_directory
+from tests.support.http import Reply, fetch, request_head
 from tests.support.servers import ServerProcess, unused_port
 
 MiB = 1024 * 1024
@@ -159,36 +160,17 @@ class SecretHandler(UpstreamHandler):
 
 # -- calling the proxy -----------------------------------------------------------------------
 
-@dataclass
-class Answer:
-    status: int
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def call(srv: ServerProcess, method: str, path: str, body: bytes | None = None,
-         key: str | None = None, content_type: str = "application/json",
-         timeout: float = 60.0) -> Answer:
+         key: str | None = None, content_type: str = "application/json") -> Reply:
     headers = {"Content-Type": content_type} if body is not None else {}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        return Answer(response.status, response.headers, response.read())
-    finally:
-        conn.close()
+    return fetch(srv.port, method, path, body, headers, key)
 
 
-def post(srv: ServerProcess, key: str | None, **fields: Any) -> Answer:
+def post(srv: ServerProcess, key: str | None, **fields: Any) -> Reply:
     return call(srv, "POST", "/download", json.dumps(fields).encode(), key)
 
 
-def get(srv: ServerProcess, key: str | None, url: str, **params: str) -> Answer:
+def get(srv: ServerProcess, key: str | None, url: str, **params: str) -> Reply:
     query = urllib.parse.urlencode({"url": url, **params})
     return call(srv, "GET", f"/proxy?{query}", key=key)
 
@@ -449,8 +431,7 @@ def test_a_slow_caller_holds_back_the_source(proxy: Proxy, upstream: Upstream) -
     sock.settimeout(30)
     sock.connect(("127.0.0.1", proxy.srv.port))
     try:
-        sock.sendall(f"GET /proxy?{query} HTTP/1.1\r\nHost: proxy\r\n"
-                     f"Authorization: Bearer {proxy.pilot}\r\n\r\n".encode())
+        sock.sendall(request_head("GET", f"/proxy?{query}", key=proxy.pilot, host="proxy"))
         received = 0
         peak_rss = rss_before
         deadline = time.monotonic() + 4.0
@@ -577,8 +558,7 @@ def test_a_slow_caller_of_a_cached_fill_keeps_memory_flat(server: ServerFactory,
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         query = urllib.parse.urlencode({"url": url, "cache": "1"})
-        sock.sendall(f"GET /proxy?{query} HTTP/1.1\r\nHost: proxy\r\n"
-                     f"Authorization: Bearer {key}\r\n\r\n".encode())
+        sock.sendall(request_head("GET", f"/proxy?{query}", key=key, host="proxy"))
         peak_rss = rss_before
         received = 0
         deadline = time.monotonic() + 3.0
@@ -601,9 +581,7 @@ def test_a_slow_caller_of_a_cached_fill_keeps_memory_flat(server: ServerFactory,
 # -- ftp sources -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
-    from tests.support.gridftp import running_server, served_directory
-
+def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GridFTPServer, Path]]:
     with served_directory("proxy") as folder, \
             running_server(tmp_path_factory.mktemp("gridftp")) as gridftp:
         yield gridftp, folder
@@ -611,7 +589,7 @@ def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, 
 
 @pytest.mark.parametrize("backend", ["library", "url-copy"])
 def test_an_ftp_source(server: ServerFactory, sqlite_url: str, backend: str,
-                       ftp_server: tuple[Any, Path]) -> None:
+                       ftp_server: tuple[GridFTPServer, Path]) -> None:
     gridftp, folder = ftp_server
     data = os.urandom(5 * MiB + 11)
     path = folder / f"{backend}.bin"
@@ -638,7 +616,7 @@ def test_an_ftp_source(server: ServerFactory, sqlite_url: str, backend: str,
 @pytest.mark.parametrize("backend", ["library", "url-copy"])
 def test_a_slow_caller_of_an_ftp_source_keeps_memory_flat(
         server: ServerFactory, sqlite_url: str, backend: str,
-        ftp_server: tuple[Any, Path]) -> None:
+        ftp_server: tuple[GridFTPServer, Path]) -> None:
     gridftp, folder = ftp_server
     path = folder / f"big-{backend}.bin"
     with path.open("wb") as f:
@@ -654,8 +632,7 @@ def test_a_slow_caller_of_an_ftp_source_keeps_memory_flat(
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         query = urllib.parse.urlencode({"url": gridftp.url(path)})
-        sock.sendall(f"GET /proxy?{query} HTTP/1.1\r\nHost: proxy\r\n"
-                     f"Authorization: Bearer {key}\r\n\r\n".encode())
+        sock.sendall(request_head("GET", f"/proxy?{query}", key=key, host="proxy"))
         peak_rss = rss_before
         received = 0
         deadline = time.monotonic() + 4.0

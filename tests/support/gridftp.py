@@ -1,26 +1,23 @@
 """Real GridFTP servers for tests and benchmarks: ``globus-gridftp-server`` on loopback.
 
 - :func:`running_server`: a server on an unused port of 127.0.0.1, anonymous ``ftp://``
-  or, given :class:`GSICredentials`, ``gsiftp://`` with certificates. It runs in a process
-  group of its own (one child per connection), and stopping it kills the whole group.
-- :func:`make_credentials`: a throwaway OpenSSL certificate authority, a host certificate
-  for ``localhost``/``127.0.0.1``, a user certificate and a grid-mapfile, all made with the
-  ``openssl`` command line.
+  or, given :class:`~tests.support.gsi_ca.GSICredentials`, ``gsiftp://`` with
+  certificates. It runs in a process group of its own (one child per connection), and
+  stopping it kills the whole group.
 - :func:`served_directory`: a directory the server may read and write. The server serves
   the whole filesystem but runs each session as user ``nobody``, who cannot enter
   pytest's private temporary directories, so these live under ``/tmp``.
 - :class:`BlackHole`: a listener that accepts connections and never answers (or greets
   and then stalls): what a hung server looks like, for timeout tests.
-- :class:`Site`: one test's directory on a server with one backend to reach it, and
-  :func:`session_credentials`, the certificates of the whole test process.
+- :class:`Site`: one test's directory on a server with one backend to reach it.
 
+The certificates for ``gsiftp://`` come from :mod:`tests.support.gsi_ca`, and
 ``bench/gridftp.py`` starts its servers with the same functions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import builtins
 import enum
 import os
@@ -38,11 +35,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 from iceprod_server.gsiftp import GridFTPClient, UnsupportedError, make_client
+
+if TYPE_CHECKING:
+    from tests.support.gsi_ca import GSICredentials
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -50,39 +50,20 @@ MiB = 1024 * 1024
 HOST = "127.0.0.1"
 SERVER_PROGRAM = "globus-gridftp-server"
 START_TIMEOUT = 20.0
-SKIP_GSI = os.environ.get("ICEPROD_TEST_SKIP_GSI", "") == "1"
 # the variables through which the Globus libraries find certificates and identities
 X509_VARIABLES = ("X509_CERT_DIR", "X509_USER_CERT", "X509_USER_KEY", "X509_USER_PROXY",
                   "X509_VOMS_DIR", "GRIDMAP")
-
-CA_SUBJECT = "/O=IceProd Test/CN=IceProd Test CA"
-HOST_SUBJECT = "/O=IceProd Test/CN=localhost"
-USER_SUBJECT = "/O=IceProd Test/CN=IceProd Test User"
 # the local account that both the anonymous and the certificate login run as
 LOCAL_USER = "nobody"
-
-_OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[host]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth,clientAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
-[user]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature,keyEncipherment,dataEncipherment
-extendedKeyUsage = clientAuth
-"""
 
 
 class GridFTPSetupError(RuntimeError):
     """A server or the certificates could not be set up; the message says why."""
+
+
+def without_x509(environ: dict[str, str]) -> dict[str, str]:
+    """``environ`` without any certificate setting the caller may have."""
+    return {k: v for k, v in environ.items() if k not in X509_VARIABLES}
 
 
 def unused_port() -> int:
@@ -102,88 +83,6 @@ def served_directory(label: str = "data") -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-# -- certificates ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GSICredentials:
-    """A certificate authority with a host and a user certificate, in ``directory``."""
-
-    directory: Path
-
-    @property
-    def cert_dir(self) -> Path:
-        return self.directory / "certificates"
-
-    @property
-    def gridmap(self) -> Path:
-        return self.directory / "grid-mapfile"
-
-    def client_env(self) -> dict[str, str]:
-        """What a client needs in its environment to log in as the test user."""
-        return {"X509_CERT_DIR": str(self.cert_dir),
-                "X509_USER_CERT": str(self.directory / "user.pem"),
-                "X509_USER_KEY": str(self.directory / "user.key")}
-
-    def server_env(self) -> dict[str, str]:
-        """What the server needs: the host certificate and the grid-mapfile."""
-        return {"X509_CERT_DIR": str(self.cert_dir),
-                "X509_USER_CERT": str(self.directory / "host.pem"),
-                "X509_USER_KEY": str(self.directory / "host.key"),
-                "GRIDMAP": str(self.gridmap)}
-
-
-def _openssl(*args: str, cwd: Path) -> str:
-    try:
-        proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=cwd,
-                              timeout=60, check=False)
-    except OSError as e:
-        raise GridFTPSetupError(f"cannot run openssl: {e}") from e
-    if proc.returncode != 0:
-        raise GridFTPSetupError(f"`openssl {' '.join(args)}` failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def make_credentials(directory: Path) -> GSICredentials:
-    """Make the certificate authority, host and user certificates and the grid-mapfile
-    in ``directory`` (created; it must not exist yet).
-
-    The directory is left readable by everyone, and its parents must let everyone
-    through: the server checks the data channel's certificates after it has switched
-    to user ``nobody``. The keys stay private (0600), which Globus insists on.
-    """
-    directory.mkdir(parents=True)
-    directory.chmod(0o755)
-    creds = GSICredentials(directory)
-    creds.cert_dir.mkdir(mode=0o755)
-    (directory / "openssl.cnf").write_text(_OPENSSL_CONFIG)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.pem", "-days", "7", "-subj", CA_SUBJECT, "-config", "openssl.cnf",
-             "-extensions", "ca", cwd=directory)
-    ca_hash = _openssl("x509", "-hash", "-noout", "-in", "ca.pem", cwd=directory).strip()
-    shutil.copyfile(directory / "ca.pem", creds.cert_dir / f"{ca_hash}.0")
-    (creds.cert_dir / f"{ca_hash}.signing_policy").write_text(
-        f"access_id_CA X509 '{CA_SUBJECT}'\n"
-        "pos_rights globus CA:sign\n"
-        "cond_subjects globus '\"/*\"'\n")
-    for name, subject in (("host", HOST_SUBJECT), ("user", USER_SUBJECT)):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", "-subj", subject, "-config", "openssl.cnf",
-                 cwd=directory)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "7",
-                 "-extfile", "openssl.cnf", "-extensions", name, cwd=directory)
-        (directory / f"{name}.key").chmod(0o600)
-    (directory / "ca.key").chmod(0o600)
-    creds.gridmap.write_text(f'"{USER_SUBJECT}" {LOCAL_USER}\n')
-    return creds
-
-
-def without_x509(environ: dict[str, str]) -> dict[str, str]:
-    """``environ`` without any certificate setting the caller may have."""
-    return {k: v for k, v in environ.items() if k not in X509_VARIABLES}
 
 
 # -- the server --------------------------------------------------------------------------
@@ -310,73 +209,6 @@ def running_server(log_dir: Path,
         yield server
     finally:
         server.stop()
-
-
-@contextmanager
-def scheme_server(scheme: str, log_dir: Path) -> Iterator[GridFTPServer]:
-    """A server for ``scheme``: anonymous for "ftp", with :func:`session_credentials`
-    for "gsiftp"."""
-    credentials = session_credentials() if scheme == "gsiftp" else None
-    with running_server(log_dir, credentials) as server:
-        yield server
-
-
-def check_gsi(credentials: GSICredentials, log_dir: Path) -> str | None:
-    """List ``/tmp/`` over gsiftp with ``globus-url-copy`` as the test user, against a
-    server of its own; None when that works, else what went wrong."""
-    env = without_x509(dict(os.environ))
-    env.update(credentials.client_env())
-    try:
-        with running_server(log_dir, credentials) as server:
-            proc = subprocess.run(["globus-url-copy", "-list", server.url("/tmp/")],
-                                  capture_output=True, text=True, env=env, timeout=60,
-                                  check=False)
-            if proc.returncode != 0:
-                return (f"`globus-url-copy -list {server.url('/tmp/')}` exited with "
-                        f"{proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}\n"
-                        f"server log:\n{server.log_tail()}")
-    except (GridFTPSetupError, OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    return None
-
-
-_session: GSICredentials | str | None = None
-
-
-def session_credentials() -> GSICredentials:
-    """The certificates of this test process, made and checked once, removed at exit.
-
-    The first call also puts the test user's certificate into this process's environment
-    for the rest of the run: the library backend reads it there (once, when it is
-    activated), and the url-copy backend's programs inherit it.
-
-    When gsiftp cannot work here the calling test fails with the reason, or is skipped
-    when ``ICEPROD_TEST_SKIP_GSI=1`` is set (as the MariaDB half of the suite is with
-    ``ICEPROD_TEST_SKIP_MARIADB``).
-    """
-    global _session
-    if _session is None:
-        directory = Path(tempfile.mkdtemp(prefix="iceprod-gridftp-gsi-"))
-        atexit.register(shutil.rmtree, directory, ignore_errors=True)
-        directory.chmod(0o755)  # mkdtemp's 0700 would keep "nobody" out
-        try:
-            creds = make_credentials(directory / "credentials")
-            problem = check_gsi(creds, directory / "check")
-        except GridFTPSetupError as e:
-            problem = str(e)
-        _session = creds if problem is None else problem
-        if problem is None:
-            for name in X509_VARIABLES:
-                os.environ.pop(name, None)
-            os.environ.update(creds.client_env())
-    if isinstance(_session, GSICredentials):
-        return _session
-    message = (f"gsiftp:// with a throwaway certificate authority does not work here: "
-               f"{_session}\nSet ICEPROD_TEST_SKIP_GSI=1 to skip the gsiftp half of the "
-               "GridFTP tests")
-    if SKIP_GSI:
-        pytest.skip("ICEPROD_TEST_SKIP_GSI=1: " + message)
-    pytest.fail(message, pytrace=False)
 
 
 # -- a server that never answers ---------------------------------------------------------

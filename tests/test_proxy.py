@@ -1,203 +1,35 @@
 """The caching file proxy, ``POST /download`` and ``GET /proxy``, against real server
-processes and a real upstream: a small Tornado server in a thread of the test process that
-serves files, counts requests, and can be slow, break off mid-way, hang and redirect."""
+processes and a real upstream (tests/support/upstream.py): a small Tornado server in a
+thread of the test process that serves files, counts requests, and can be slow, break off
+mid-way, hang and redirect.
+
+Sources on a GridFTP server (``ftp://``) are in test_proxy_gridftp.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import http.client
 import json
-import os
 import socket
-import threading
 import time
 import urllib.parse
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
-import tornado.web
 
-from tests.conftest import ServerFactory
 from tests.support.databases import throwaway_database
-from tests.support.gridftp import GridFTPServer, running_server, served_directory
-from tests.support.http import Reply, fetch, request_head
-from tests.support.servers import ServerProcess, unused_port
+from tests.support.http import request_head
+from tests.support.servers import ServerProcess, rss_kib, unused_port
+from tests.support.upstream import Upstream, cache_entries, cache_temps, call, get, post
+
+if TYPE_CHECKING:
+    from tests.conftest import ServerFactory
 
 MiB = 1024 * 1024
-CHUNK = 64 * 1024
-
-
-# -- the upstream ----------------------------------------------------------------------------
-
-class Upstream:
-    """Files served from memory under ``/pub/<mode>/<name>`` (and ``/secret/<name>``,
-    which is not in the proxy's allow list); ``hits`` counts requests by method and path,
-    ``sent`` the bytes of ``/pub/big/...`` answers that the socket has taken."""
-
-    def __init__(self) -> None:
-        self.port = unused_port()
-        self.files: dict[str, bytes] = {}
-        self.hits: Counter[tuple[str, str]] = Counter()
-        self.sent: Counter[str] = Counter()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def url(self, mode: str, name: str = "") -> str:
-        return f"{self.base}/pub/{mode}/{name}" if name else f"{self.base}/pub/{mode}"
-
-    def add(self, name: str, size: int) -> bytes:
-        data = os.urandom(size)
-        self.files[name] = data
-        return data
-
-    def gets(self, url: str) -> int:
-        return self.hits["GET", urllib.parse.urlsplit(url).path]
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(10), "the upstream did not start"
-
-    def stop(self) -> None:
-        if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    async def _main(self) -> None:
-        app = tornado.web.Application([
-            (r"/pub/(file|slow|broken|chunked)/(.+)", FileHandler),
-            (r"/pub/big/(\d+)", BigHandler),
-            (r"/pub/hang", HangHandler),
-            (r"/pub/error", ErrorHandler),
-            (r"/pub/redirect", RedirectHandler),
-            (r"/secret/(.+)", SecretHandler),
-        ], upstream=self)
-        server = app.listen(self.port, address="127.0.0.1")
-        self.loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        server.stop()
-
-
-class UpstreamHandler(tornado.web.RequestHandler):
-    @property
-    def up(self) -> Upstream:
-        up: Upstream = self.settings["upstream"]
-        return up
-
-    def prepare(self) -> None:
-        self.up.hits[self.request.method or "", self.request.path] += 1
-
-
-class FileHandler(UpstreamHandler):
-    def head(self, mode: str, name: str) -> None:
-        if name not in self.up.files:
-            raise tornado.web.HTTPError(404)
-        self.set_header("Content-Length", len(self.up.files[name]))
-
-    async def get(self, mode: str, name: str) -> None:
-        data = self.up.files.get(name)
-        if data is None:
-            raise tornado.web.HTTPError(404)
-        self.set_header("Content-Type", "application/octet-stream")
-        if mode != "chunked":
-            self.set_header("Content-Length", len(data))
-        for start in range(0, len(data), CHUNK):
-            if mode == "broken" and start >= len(data) // 2:
-                self.request.connection.close()  # type: ignore[union-attr]
-                return
-            self.write(data[start:start + CHUNK])
-            await self.flush()
-            if mode == "slow":
-                await asyncio.sleep(0.02)
-
-
-class BigHandler(UpstreamHandler):
-    async def get(self, size_text: str) -> None:
-        size = int(size_text)
-        block = bytes(range(256)) * 1024
-        self.set_header("Content-Length", size)
-        sent = 0
-        while sent < size:
-            piece = block[:size - sent]
-            self.write(piece)
-            await self.flush()
-            sent += len(piece)
-            self.up.sent[self.request.path] = sent
-
-
-class HangHandler(UpstreamHandler):
-    async def get(self) -> None:
-        await asyncio.sleep(30)
-
-
-class ErrorHandler(UpstreamHandler):
-    def get(self) -> None:
-        raise tornado.web.HTTPError(500)
-
-
-class RedirectHandler(UpstreamHandler):
-    def get(self) -> None:
-        self.redirect(self.get_query_argument("to"))
-
-
-class SecretHandler(UpstreamHandler):
-    def get(self, name: str) -> None:
-        self.write(b"secret")
-
-
-# -- calling the proxy -----------------------------------------------------------------------
-
-def call(srv: ServerProcess, method: str, path: str, body: bytes | None = None,
-         key: str | None = None, content_type: str = "application/json") -> Reply:
-    headers = {"Content-Type": content_type} if body is not None else {}
-    return fetch(srv.port, method, path, body, headers, key)
-
-
-def post(srv: ServerProcess, key: str | None, **fields: Any) -> Reply:
-    return call(srv, "POST", "/download", json.dumps(fields).encode(), key)
-
-
-def get(srv: ServerProcess, key: str | None, url: str, **params: str) -> Reply:
-    query = urllib.parse.urlencode({"url": url, **params})
-    return call(srv, "GET", f"/proxy?{query}", key=key)
-
-
-def cache_entries(srv: ServerProcess) -> dict[str, dict[str, Any]]:
-    """The cache's metadata files, by URL, once no fill is in progress: a caller has its
-    last byte a moment before the fill it came from is renamed into place."""
-    deadline = time.monotonic() + 10
-    while cache_temps(srv) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    found = {}
-    for meta in (srv.data_dir / "cache" / "entries").glob("*/*/meta.json"):
-        info = json.loads(meta.read_text())
-        found[info["url"]] = info
-    return found
-
-
-def cache_temps(srv: ServerProcess) -> list[str]:
-    tmp = srv.data_dir / "cache" / "tmp"
-    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -576,76 +408,3 @@ def test_a_slow_caller_of_a_cached_fill_keeps_memory_flat(server: ServerFactory,
     assert cache_entries(srv)[url]["size"] == size
     assert (peak_rss - rss_before) * 1024 < 100 * MiB, \
         f"server memory grew by {(peak_rss - rss_before) / 1024:.0f} MiB"
-
-
-# -- ftp sources -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GridFTPServer, Path]]:
-    with served_directory("proxy") as folder, \
-            running_server(tmp_path_factory.mktemp("gridftp")) as gridftp:
-        yield gridftp, folder
-
-
-@pytest.mark.parametrize("backend", ["library", "url-copy"])
-def test_an_ftp_source(server: ServerFactory, sqlite_url: str, backend: str,
-                       ftp_server: tuple[GridFTPServer, Path]) -> None:
-    gridftp, folder = ftp_server
-    data = os.urandom(5 * MiB + 11)
-    path = folder / f"{backend}.bin"
-    path.write_bytes(data)
-    path.chmod(0o644)
-    url = gridftp.url(path)
-    srv = server(sqlite_url, env={"ICEPROD_PROXY_ALLOW": gridftp.url(folder) + "/",
-                                  "ICEPROD_GSIFTP_BACKEND": backend})
-    key = srv.deployment.passkey("pilot")
-    for cache in (False, True, True):
-        answer = post(srv, key, url=url, cache=cache)
-        assert answer.status == 200, answer.body[:300]
-        assert answer.body == data and answer.headers["Content-Length"] == str(len(data))
-    assert cache_entries(srv)[url]["sha512"] == hashlib.sha512(data).hexdigest()
-    assert post(srv, key, url=url, type="size").json() == {"url": url, "size": len(data)}
-    assert post(srv, key, url=url, type="checksum").json() == {
-        "url": url, "checksum": hashlib.sha512(data).hexdigest(), "type": "sha512"}
-    missing = post(srv, key, url=gridftp.url(folder / "missing.bin"))
-    assert missing.status == 404, missing.body
-    outside = post(srv, key, url=gridftp.url(Path("/etc/passwd")))
-    assert outside.status == 403
-
-
-@pytest.mark.parametrize("backend", ["library", "url-copy"])
-def test_a_slow_caller_of_an_ftp_source_keeps_memory_flat(
-        server: ServerFactory, sqlite_url: str, backend: str,
-        ftp_server: tuple[GridFTPServer, Path]) -> None:
-    gridftp, folder = ftp_server
-    path = folder / f"big-{backend}.bin"
-    with path.open("wb") as f:
-        block = os.urandom(MiB)
-        for _ in range(200):
-            f.write(block)
-    path.chmod(0o644)
-    srv = server(sqlite_url, env={"ICEPROD_PROXY_ALLOW": gridftp.url(folder) + "/",
-                                  "ICEPROD_GSIFTP_BACKEND": backend})
-    key = srv.deployment.passkey("pilot")
-    rss_before = rss_kib(srv.proc.pid)
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        query = urllib.parse.urlencode({"url": gridftp.url(path)})
-        sock.sendall(request_head("GET", f"/proxy?{query}", key=key, host="proxy"))
-        peak_rss = rss_before
-        received = 0
-        deadline = time.monotonic() + 4.0
-        while time.monotonic() < deadline:
-            received += len(sock.recv(16 * 1024))
-            time.sleep(0.01)
-            peak_rss = max(peak_rss, rss_kib(srv.proc.pid))
-        print(f"ftp flow control ({backend}): the caller took {received / MiB:.1f} MiB, "
-              f"server memory +{(peak_rss - rss_before) / 1024:.1f} MiB")
-        assert 0 < received < 20 * MiB
-        assert (peak_rss - rss_before) * 1024 < 100 * MiB, \
-            f"server memory grew by {(peak_rss - rss_before) / 1024:.0f} MiB"
-    finally:
-        sock.close()
-        path.unlink()
-    assert post(srv, key, url=gridftp.url(folder / "missing.bin")).status == 404

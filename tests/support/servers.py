@@ -86,6 +86,14 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         conn.close()
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` in KiB, as the kernel reports it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 @dataclass
 class Deployment:
     """A data directory and its database, made with ``iceprod-server init``."""

@@ -2,8 +2,9 @@
 
 Every method is one or a few library operations run by :class:`.runner.Runner` (pooled
 handles, deadlines, aborts, typed errors); gets and listings read their data through
-:class:`.transfer.Reader`, puts write it through :class:`.transfer.Writer`. Local file
-work goes through the executor, never the loop.
+:class:`.transfer.Reader`, except gets to a file, which :class:`.filesink.FileSink` writes
+from the library's threads; puts write their data through :class:`.transfer.Writer`. Local
+file work goes through the executor, never the loop.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
-from typing import BinaryIO, Literal, overload
+from typing import Literal, overload
 
 from iceprod_server.gsiftp import errors
 from iceprod_server.gsiftp.base import CHECKSUM_ALGORITHMS, ChunkCallback, Entry, GridFTPClient
+from iceprod_server.gsiftp.filesink import FileSink
 from iceprod_server.gsiftp.globus import spacious_buffer
 from iceprod_server.gsiftp.listing import parse_listing
 from iceprod_server.gsiftp.runner import Runner, globus_url, typed_error
@@ -37,8 +40,6 @@ from iceprod_server.gsiftp.transfer import (
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"[0-9a-f]+")
-# chunks (of up to BUFFER_SIZE) a download to a file may run ahead of the disk
-WRITE_QUEUE = 16
 _UNSUPPORTED_CHECKSUM = re.compile(r"\b50[0-4]\b|unknown checksum|unsupported|not supported|"
                                    r"not implemented|unknown command", re.IGNORECASE)
 
@@ -104,36 +105,34 @@ class LibraryClient(GridFTPClient):
 
     async def _get_to_file(self, url: str, path: str) -> None:
         loop = asyncio.get_running_loop()
-        file, temp = await loop.run_in_executor(self._executor, _open_temp, path)
-        # the disk writes run one after another in a task of their own, up to
-        # WRITE_QUEUE chunks behind the transfer, so the network and the disk overlap
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(WRITE_QUEUE)
+        fd, temp = await loop.run_in_executor(self._executor, _make_temp, path)
+        sink: FileSink | None = None
 
-        async def drain() -> None:
-            while (chunk := await queue.get()) is not None:
-                await loop.run_in_executor(self._executor, file.write, chunk)
+        def start(op: Operation) -> int:
+            nonlocal sink
+            sink = FileSink(op, fd)
+            return int(op.globus.ftp.globus_ftp_client_get(
+                op.handle.address, globus_url(url), op.handle.attr, None, on_complete, op.arg))
 
-        writer = asyncio.ensure_future(drain())
+        async def body(op: Operation) -> None:
+            assert sink is not None
+            await sink.run()
 
-        async def write(chunk: bytes | None) -> None:
-            put = asyncio.ensure_future(queue.put(chunk))
-            await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer.done() and not put.done():
-                put.cancel()
-                writer.result()  # the disk write's error
-                raise OSError(f"{path}: the file writer stopped")
-
+        # the file is closed only through the sink once it exists: the sink then stops
+        # writing, even for a callback of an operation given up after its abort
         try:
-            await self._read(url, "get", write)
-            await write(None)
-            await writer
-            await loop.run_in_executor(self._executor, _close_and_rename, file, temp, path)
+            await self._runner.run(url, start, body)
+            assert sink is not None
+            if sink.error:
+                raise typed_error(url, sink.error)
+            if missing := sink.missing():
+                raise errors.GridFTPError(url, missing)
+            await loop.run_in_executor(self._executor, _close_and_rename, sink.close, temp,
+                                       path)
         except BaseException:
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
+            close = sink.close if sink is not None else functools.partial(os.close, fd)
             await asyncio.shield(loop.run_in_executor(self._executor, _close_and_remove,
-                                                      file, temp))
+                                                      close, temp))
             raise
 
     async def put(self, url: str, *, path: str | os.PathLike[str] | None = None,
@@ -324,18 +323,19 @@ async def _rechunk(stream: AsyncIterable[bytes]) -> AsyncGenerator[bytes | memor
         yield bytes(pending)
 
 
-def _open_temp(path: str) -> tuple[BinaryIO, str]:
+def _make_temp(path: str) -> tuple[int, str]:
     directory, name = os.path.split(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-    return os.fdopen(fd, "wb"), temp
+    return tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
 
 
-def _close_and_rename(file: BinaryIO, temp: str, path: str) -> None:
-    file.close()
+def _close_and_rename(close: Callable[[], None], temp: str, path: str) -> None:
+    close()
     os.replace(temp, path)
 
 
-def _close_and_remove(file: BinaryIO, temp: str) -> None:
-    file.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
+def _close_and_remove(close: Callable[[], None], temp: str) -> None:
+    try:
+        close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)

@@ -2,10 +2,11 @@
 
 The library calls back on its own threads. The two C callbacks here are made once, for the
 life of the process, and find their operation by the integer ``user_arg`` it was started
-with; they touch nothing but the operation's loop, through ``call_soon_threadsafe``. An
-operation stays in the registry, and so keeps every buffer registered with the library
-alive, until its completion callback has fired: the library calls that one last, after
-every data callback of the operation has returned.
+with; they touch nothing but the operation's loop, through ``call_soon_threadsafe``, except
+for a stream that says it handles its data on the library's thread
+(:class:`.filesink.FileSink`). An operation stays in the registry, and so keeps every
+buffer registered with the library alive, until its completion callback has fired: the
+library calls that one last, after every data callback of the operation has returned.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from iceprod_server.gsiftp.globus import COMPLETE_CALLBACK, DATA_CALLBACK, Globus
 from iceprod_server.gsiftp.handles import Handle
@@ -29,6 +31,17 @@ DEPTH = 4
 
 _operations: dict[int, Operation] = {}
 _keys = itertools.count(1)
+
+
+class Stream(Protocol):
+    """The data side of an operation, to which the library's data callbacks go."""
+
+    # False: ``returned`` runs on the operation's loop. True: it runs on the library's
+    # thread, while the library waits, so it must be quick, thread-safe and never raise
+    on_library_thread: bool
+
+    def returned(self, buffer: int, length: int, offset: int, eof: bool,
+                 error: str) -> None: ...
 
 
 class Operation:
@@ -47,7 +60,7 @@ class Operation:
         self.keep: list[object] = []
         # called on the loop at completion, before anyone waiting on done resumes
         self.on_completed: Callable[[], None] | None = None
-        self.stream: Reader | Writer | None = None
+        self.stream: Stream | None = None
         _operations[self.key] = self
 
     @property
@@ -74,7 +87,7 @@ class Operation:
             self.done.set_result(error)
 
 
-def _call_on_loop(op: Operation, fn: Callable[..., None], *args: object) -> None:
+def call_on_loop(op: Operation, fn: Callable[..., None], *args: object) -> None:
     try:
         op.loop.call_soon_threadsafe(fn, *args)
     except RuntimeError:
@@ -87,7 +100,7 @@ def on_complete(user_arg: int | None, handle: int | None, error: int | None) -> 
     try:
         op = _operations.pop(user_arg or 0, None)
         if op is not None:
-            _call_on_loop(op, op._completed, op.globus.error_text(error) if error else "")
+            call_on_loop(op, op._completed, op.globus.error_text(error) if error else "")
     except Exception:  # an exception must not unwind into C
         log.exception("GridFTP completion callback failed")
 
@@ -100,7 +113,10 @@ def on_data(user_arg: int | None, handle: int | None, error: int | None,
         if op is None or op.stream is None:
             return
         text = op.globus.error_text(error) if error else ""
-        _call_on_loop(op, op.stream.returned, buffer or 0, length, offset, bool(eof), text)
+        if op.stream.on_library_thread:
+            op.stream.returned(buffer or 0, length, offset, bool(eof), text)
+        else:
+            call_on_loop(op, op.stream.returned, buffer or 0, length, offset, bool(eof), text)
     except Exception:
         log.exception("GridFTP data callback failed")
 
@@ -114,6 +130,8 @@ class Reader:
     A buffer is registered again only after its chunk was consumed (and the consumer's
     awaitable, if any, finished), so a slow consumer stops the transfer instead of filling
     memory. Chunks are handed over in offset order whatever order the reads complete in."""
+
+    on_library_thread = False
 
     def __init__(self, op: Operation, depth: int = DEPTH, size: int = BUFFER_SIZE) -> None:
         self._op = op
@@ -182,6 +200,8 @@ class Reader:
 
 class Writer:
     """Writes the data of a started put with up to DEPTH buffers in flight."""
+
+    on_library_thread = False
 
     def __init__(self, op: Operation, depth: int = DEPTH) -> None:
         self._op = op

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -284,4 +285,9 @@ class Fetcher:
 def _transport_error(target: Target, error: BaseException | None) -> SourceError:
     if isinstance(error, tornado.simple_httpclient.HTTPTimeoutError):
         return SourceError(504, f"{target.url}: timed out ({error})")
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return SourceError(502, f"{target.url}: the source's TLS certificate was refused: "
+                                f"{error.verify_message or error} (the server trusts the "
+                                "authorities in SSL_CERT_FILE / SSL_CERT_DIR, else the "
+                                "system's)")
     return SourceError(502, f"{target.url}: the fetch failed: {error or 'no answer'}")

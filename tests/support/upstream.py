@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import threading
 import time
 import urllib.parse
@@ -34,10 +35,12 @@ CHUNK = 64 * 1024
 class Upstream:
     """Files served from memory under ``/pub/<mode>/<name>`` (and ``/secret/<name>``,
     which is not in the proxy's allow list); ``hits`` counts requests by method and path,
-    ``sent`` the bytes of ``/pub/big/...`` answers that the socket has taken."""
+    ``sent`` the bytes of ``/pub/big/...`` answers that the socket has taken. With
+    ``ssl_options`` it serves https instead of http."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_options: ssl.SSLContext | None = None) -> None:
         self.port = unused_port()
+        self.ssl_options = ssl_options
         self.files: dict[str, bytes] = {}
         self.hits: Counter[tuple[str, str]] = Counter()
         self.sent: Counter[str] = Counter()
@@ -48,7 +51,8 @@ class Upstream:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "http" if self.ssl_options is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def url(self, mode: str, name: str = "") -> str:
         return f"{self.base}/pub/{mode}/{name}" if name else f"{self.base}/pub/{mode}"
@@ -79,7 +83,7 @@ class Upstream:
             (r"/pub/redirect", RedirectHandler),
             (r"/secret/(.+)", SecretHandler),
         ], upstream=self)
-        server = app.listen(self.port, address="127.0.0.1")
+        server = app.listen(self.port, address="127.0.0.1", ssl_options=self.ssl_options)
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._ready.set()

@@ -134,16 +134,6 @@ def dataset_list(s: Session, status: str | None = None, owner: str | None = None
             "next": _cursor(sort, items[-1]) if len(rows) > limit else None}
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between the closest ranks of sorted ``values``."""
-    if not values:
-        return None
-    pos = (len(values) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(values) - 1)
-    return values[low] + (values[high] - values[low]) * (pos - low)
-
-
 def recent_stats(s: Session, dataset_id: str) -> dict[str, Any]:
     """Runtime statistics for the dataset page, at a cost that does not grow with the
     dataset: the attempts finished and failed over all time (from the hourly counters),
@@ -175,7 +165,7 @@ def recent_stats(s: Session, dataset_id: str) -> dict[str, Any]:
             "count": len(values), "failed": errors.get(index, 0),
             "mean": sum(values) / len(values) if values else None,
             "min": values[0] if values else None, "max": values[-1] if values else None,
-            "p50": _percentile(values, 0.5), "p90": _percentile(values, 0.9)}
+            "p50": reads.percentile(values, 0.5), "p90": reads.percentile(values, 0.9)}
     return {"finished": int(finished), "failed": int(failed),
             "sample": sum(v["count"] + v["failed"] for v in by_name.values()),
             "by_name": by_name}

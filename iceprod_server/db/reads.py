@@ -285,7 +285,7 @@ def tail_file(data_dir: Path, relpath: str, lines: int = LOG_TAIL_LINES,
     return tail_text(data.decode("utf-8", "replace"), lines)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     """Linear interpolation between the closest ranks of sorted ``values``."""
     if not values:
         return None
@@ -330,7 +330,7 @@ def task_stats(s: Session, dataset_id: str) -> dict[str, dict[str, Any]]:
             values.sort()
             out[names[index]].update(
                 mean=sum(values) / len(values), min=values[0], max=values[-1],
-                p50=_percentile(values, 0.5), p90=_percentile(values, 0.9),
+                p50=percentile(values, 0.5), p90=percentile(values, 0.9),
                 sample=len(values))
     return out
 

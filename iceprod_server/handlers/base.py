@@ -28,6 +28,9 @@ SESSION_COOKIE = "iceprod_session"
 
 class BaseHandler(tornado.web.RequestHandler):
     caller: Caller = ANONYMOUS
+    # whether the message of a 5xx HTTPError is shown (it is written for the caller), or
+    # only the generic reason (it may describe internals)
+    explains_server_errors = False
 
     @property
     def services(self) -> Services:
@@ -136,7 +139,8 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and (
+                status_code < 500 or self.explains_server_errors):
             reason = exc.log_message % exc.args if exc.args else exc.log_message
         if self.wants_json():
             self.set_header("Content-Type", "application/json")
@@ -151,6 +155,9 @@ class FileAccessHandler(BaseHandler):
 
     The XSRF token is checked in :meth:`authorize`, and only for a browser session on a
     state-changing request: a passkey caller has no cookie to forge."""
+
+    # "the disk is full", "the source timed out": said for the caller
+    explains_server_errors = True
 
     def check_xsrf_cookie(self) -> None:
         pass

@@ -107,17 +107,6 @@ class _ProxyHandler(FileAccessHandler):
     def on_connection_close(self) -> None:
         self.gone = True
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # the proxy's messages are written for its callers, 5xx included
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        reason = self._reason
-        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
-            reason = exc.log_message % exc.args if exc.args else exc.log_message
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "error": reason}))
-
     async def answer(self, request: ProxyRequest) -> None:
         config = self.services.config
         await self.authorize(config.proxy_access)

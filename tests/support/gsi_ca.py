@@ -34,6 +34,7 @@ from tests.support.gridftp import (
     running_server,
     without_x509,
 )
+from tests.support.tls import openssl
 
 SKIP_GSI = os.environ.get("ICEPROD_TEST_SKIP_GSI", "") == "1"
 
@@ -90,14 +91,7 @@ class GSICredentials:
 
 
 def _openssl(*args: str, cwd: Path) -> str:
-    try:
-        proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=cwd,
-                              timeout=60, check=False)
-    except OSError as e:
-        raise GridFTPSetupError(f"cannot run openssl: {e}") from e
-    if proc.returncode != 0:
-        raise GridFTPSetupError(f"`openssl {' '.join(args)}` failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return openssl(*args, cwd=cwd, error=GridFTPSetupError)
 
 
 def make_credentials(directory: Path) -> GSICredentials:

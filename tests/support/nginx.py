@@ -14,7 +14,6 @@ its workers as root too, since pytest's temporary directories are private to roo
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import iceprod_server
+from tests.support.servers import stop_process, unused_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY_CONF = REPO / "deploy" / "nginx.conf"
@@ -108,12 +108,6 @@ def check_syntax(conf: Path, directory: Path) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=30)
 
 
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Nginx:
     directory: Path
@@ -127,13 +121,7 @@ class Nginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 def start_nginx(directory: Path, upstream_port: int, uploads: Path | None = None) -> Nginx:
@@ -143,10 +131,10 @@ def start_nginx(directory: Path, upstream_port: int, uploads: Path | None = None
     uploads = uploads or upload_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     certs = make_certs(directory / "certs")
-    port = _unused_port()
+    port = unused_port()
     conf = directory / "nginx.conf"
     conf.write_text(render_for_test(DEPLOY_CONF.read_text(), certs, directory, upstream_port,
-                                    port, _unused_port(), uploads))
+                                    port, unused_port(), uploads))
     proc = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(conf),
                              "-g", "daemon off;"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

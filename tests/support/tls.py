@@ -26,14 +26,17 @@ class TLSSetupError(AssertionError):
     pass
 
 
-def _openssl(*args: str, cwd: Path) -> None:
+def openssl(*args: str, cwd: Path,
+            error: type[Exception] = TLSSetupError) -> str:
+    """Run the openssl command line in ``cwd``; its output, or ``error`` saying why not."""
     try:
         proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=cwd,
                               timeout=60, check=False)
     except OSError as e:
-        raise TLSSetupError(f"cannot run openssl: {e}") from e
+        raise error(f"cannot run openssl: {e}") from e
     if proc.returncode != 0:
-        raise TLSSetupError(f"`openssl {' '.join(args)}` failed: {proc.stderr.strip()}")
+        raise error(f"`openssl {' '.join(args)}` failed: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,10 @@ class CertificateAuthority:
             "keyUsage = critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage = serverAuth\n"
             f"subjectAltName = {','.join(names)}\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
                  "-out", f"{name}.csr", "-subj", f"/O={self.name}/CN={name}",
                  cwd=self.directory)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-out", f"{name}.pem", "-days", DAYS,
                  "-extfile", extensions.name, cwd=self.directory)
         (self.directory / f"{name}.key").chmod(0o600)
@@ -81,7 +84,7 @@ def make_ca(directory: Path, name: str) -> CertificateAuthority:
     """A new certificate authority called ``name`` in ``directory`` (created; it must not
     exist yet)."""
     directory.mkdir(parents=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
              "-out", "ca.pem", "-days", DAYS, "-subj", f"/O={name}/CN={name} CA",
              "-addext", "basicConstraints=critical,CA:TRUE",
              "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)

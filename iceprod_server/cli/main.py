@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
+from iceprod_server import examples
 from iceprod_server.cli import local, remote
 from iceprod_server.cli.common import EXIT_ERROR, PROG, CLIError
 
@@ -25,6 +26,17 @@ class _Formatter(argparse.HelpFormatter):
 
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def _bundled_examples() -> str:
+    """The example configs that come with the server, for the epilog of ``submit``."""
+    folder = examples.examples_dir()
+    names = examples.list_examples()
+    if folder is None or not names:
+        return ""
+    lines = [f"{name:<18} {examples.summary(name, 60)}" for name in names]
+    return (f"\n\nbundled example configs, in {folder}/:\n"
+            + textwrap.indent("\n".join(lines), "  "))
 
 
 def _data_dir(p: argparse.ArgumentParser, db_url: bool = True) -> None:
@@ -166,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                            {PROG} submit conf/examples/two_tasks.json --njobs 20 \\
                                --url http://127.0.0.1:8080 --passkey $KEY
                            {PROG} submit sim.json --njobs 1000 --priority 2 --group simprod
-                           """))
+                           """) + _bundled_examples())
     p.add_argument("config", metavar="CONFIG.json", help="dataset config file")
     p.add_argument("--njobs", type=int, required=True, help="number of jobs")
     p.add_argument("--description", help="description (default: the config's)")

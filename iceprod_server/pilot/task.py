@@ -29,6 +29,7 @@ from iceprod_server.pilot.modules import (
     data_entries,
     module_command,
     module_env,
+    parameters,
     stage_in,
     stage_out,
 )
@@ -186,7 +187,9 @@ class TaskRun(threading.Thread):
         task = self._find_task()
         if task is None:
             return f"task {self.task_name!r} is not in the dataset config"
+        # the pilot's own facts win over parameters of the same name
         values: dict[str, Any] = {
+            **parameters(self.config, task),
             "job": self.options.get("job", 0), "dataset": self.options.get("dataset", 0),
             "jobs_submitted": self.options.get("jobs_submitted", 0),
             "dataset_id": self.options.get("dataset_id", ""), "task_id": self.task_id,

@@ -276,3 +276,28 @@ def cmd_passkey_list(args: argparse.Namespace) -> None:
                   "description"], rows))
 
 
+
+
+# ---------------------------------------------------------------- backups
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    from iceprod_server.cli.backup import backup
+
+    config = _config(args)
+    _run(config, lambda s: None, write=False)  # the schema is this version's
+    print(backup(config, Path(args.out)))
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    from iceprod_server.cli.backup import restore
+    from iceprod_server.db.migrate import current_revision, head_revision
+
+    config = _config(args)
+    # the target must be a data directory made by init: its database has a schema
+    _run(config, lambda s: None, write=False)
+    print(restore(config, Path(args.source)))
+    revision = _run(config, lambda s: current_revision(s.connection()), check=False,
+                    write=False)
+    if revision != head_revision():
+        print(f"the backup's schema is {revision}, this version's {head_revision()}: run "
+              f"`{PROG} migrate --data-dir {args.data_dir}` before serving")

@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
+import iceprod_server
 from iceprod_server import examples
 from iceprod_server.cli import local, remote
 from iceprod_server.cli.common import EXIT_ERROR, PROG, CLIError
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
             {PROG} submit conf/examples/two_tasks.json --njobs 20 --passkey $KEY
             {PROG} status --url http://127.0.0.1:8080
             """) + "\n\nRun COMMAND --help for the options of each command.")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {iceprod_server.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("init", formatter_class=fmt, help="create a data directory and database",
@@ -170,6 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=_examples(f"{PROG} passkey list --data-dir var"))
     _data_dir(q)
     q.set_defaults(func=local.cmd_passkey_list)
+
+    p = sub.add_parser("backup", formatter_class=fmt, help="copy the database while serving",
+                       description="Write a consistent copy of the database to FILE while "
+                       "the server keeps serving: SQLite's online backup, or mariadb-dump "
+                       "--single-transaction for MariaDB/MySQL (needs the mariadb client "
+                       "tools). Every change committed before the backup began is in it.",
+                       epilog=_examples(f"""
+                           {PROG} backup --data-dir var --out /backup/iceprod-$(date +%F).db
+                           """))
+    _data_dir(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="the backup file to write "
+                   "(written under a temporary name, then renamed)")
+    p.set_defaults(func=local.cmd_backup)
+
+    p = sub.add_parser("restore", formatter_class=fmt, help="put a backup back",
+                       description="Replace the database of a data directory made by init "
+                       "with a backup written by `backup`. Stop the servers of that data "
+                       "directory first. The file must be the kind the database takes (a "
+                       "SQLite backup for SQLite, a dump for MariaDB/MySQL).",
+                       epilog=_examples(f"""
+                           {PROG} init --data-dir var2
+                           {PROG} restore --data-dir var2 --from /backup/iceprod-2026-12-05.db
+                           """))
+    _data_dir(p)
+    p.add_argument("--from", dest="source", required=True, metavar="FILE",
+                   help="the backup file")
+    p.set_defaults(func=local.cmd_restore)
 
     p = sub.add_parser("submit", formatter_class=fmt, help="submit a dataset to a server",
                        description="Submit a dataset config (IceProd JSON, version 3) and "

@@ -54,7 +54,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         *login.routes(limiter),
         *pages_site.routes(),
         *pages_datasets.routes(),
-        *live.routes(),
+        *live.routes(services.live),
         *files.routes(),
         *proxy.routes(),
     ]

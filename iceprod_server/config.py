@@ -62,6 +62,8 @@ class Config:
     # address of the reverse proxy whose X-Real-IP / client-certificate headers are trusted
     trusted_proxy: str = ""
     log_level: str = "INFO"
+    # seconds a stopping server lets requests in flight finish before it closes them
+    shutdown_grace: float = 30.0
     # identifies this server among peer sites; part of every id it generates
     site_id: str = ""
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
@@ -242,6 +244,8 @@ def _validate(config: Config) -> None:
     for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.shutdown_grace < 0:
+        raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
     for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")

@@ -34,6 +34,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._cursor: scheduling.Cursor = (time.time() - LOOKBACK, "")
         self.passes = 0
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="scheduler")
@@ -41,17 +42,25 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop after the step under way (waiting up to ``grace`` seconds for it), so no
+        step is cut off between its units of work; cancel it after that."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 summary = await self.run_once()
                 if any(summary.values()):

@@ -1,4 +1,5 @@
-"""Runs one server process: schema check, HTTP server, scheduler, graceful shutdown."""
+"""Runs one server process: schema check, HTTP server, scheduler, and the graceful stop on
+SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 
 import tornado.httpserver
 
@@ -48,12 +50,32 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("shutting down")
-        server.stop()
-        await scheduler.stop()
-        await asyncio.wait_for(server.close_all_connections(), timeout=10)
+        await _drain(config, services, server, scheduler)
     finally:
         await services.aclose()
+
+
+async def _drain(config: Config, services: Services, server: tornado.httpserver.HTTPServer,
+                 scheduler: Scheduler) -> None:
+    """The graceful stop: accept nothing new, let the requests in flight finish (up to
+    ``shutdown_grace`` seconds), end the scheduler after its step, then close what is
+    left. Closing the pools afterwards waits for units of work already running, so no
+    transaction is cut in half."""
+    grace = config.shutdown_grace
+    requests = services.requests
+    log.info("stopping: no new connections; waiting up to %g s for %d requests in flight",
+             grace, requests.count)
+    started = time.monotonic()
+    server.stop()
+    requests.draining = True
+    services.live.close()  # event streams never end by themselves; browsers reconnect
+    drained, _ = await asyncio.gather(requests.wait_idle(grace), scheduler.stop(grace))
+    if drained:
+        log.info("requests in flight finished after %.1f s", time.monotonic() - started)
+    else:
+        log.warning("%d requests still in flight after %g s: closing their connections",
+                    requests.count, grace)
+    await asyncio.wait_for(server.close_all_connections(), timeout=10)
 
 
 def _safe_url(url: str) -> str:

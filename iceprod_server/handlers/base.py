@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import tornado.escape
+import tornado.httputil
 import tornado.web
 
 from iceprod_server.db import users
@@ -26,11 +27,42 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "iceprod_session"
 
 
+def _close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
+    """End a keep-alive connection after this answer, with ``Connection: close``, so that
+    its client opens its next connection to a server that is not stopping. Tornado has no
+    public switch for this; without it the connection is closed after the grace time."""
+    connection: Any = request.connection
+    if hasattr(connection, "_disconnect_on_finish"):
+        connection._disconnect_on_finish = True
+
+
 class BaseHandler(tornado.web.RequestHandler):
     caller: Caller = ANONYMOUS
     # whether the message of a 5xx HTTPError is shown (it is written for the caller), or
     # only the generic reason (it may describe internals)
     explains_server_errors = False
+
+    def __init__(self, application: tornado.web.Application,
+                 request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> None:
+        super().__init__(application, request, **kwargs)
+        # counted until it finishes or its client goes away: a stopping server waits
+        self._in_flight = True
+        requests = self.services.requests
+        requests.enter()
+        if requests.draining:
+            _close_after_answer(request)
+
+    def _left(self) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            self.services.requests.leave()
+
+    def on_finish(self) -> None:
+        self._left()
+
+    def on_connection_close(self) -> None:
+        self._left()
+        super().on_connection_close()
 
     @property
     def services(self) -> Services:

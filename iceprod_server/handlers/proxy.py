@@ -106,6 +106,7 @@ class _ProxyHandler(FileAccessHandler):
 
     def on_connection_close(self) -> None:
         self.gone = True
+        super().on_connection_close()
 
     async def answer(self, request: ProxyRequest) -> None:
         config = self.services.config

@@ -64,6 +64,8 @@ class Config:
     log_level: str = "INFO"
     # seconds a stopping server lets requests in flight finish before it closes them
     shutdown_grace: float = 30.0
+    # worker processes of `serve` sharing the listening socket
+    processes: int = 1
     # identifies this server among peer sites; part of every id it generates
     site_id: str = ""
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
@@ -241,7 +243,8 @@ def load(
 def _validate(config: Config) -> None:
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
-    for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets"):
+    for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets",
+                 "processes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     if config.shutdown_grace < 0:

@@ -29,7 +29,6 @@ LOOKBACK = 3600.0
 class Scheduler:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.config = services.config
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cursor: scheduling.Cursor = (time.time() - LOOKBACK, "")
@@ -71,7 +70,8 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler pass failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), self.config.scheduler_interval)
+                await asyncio.wait_for(self._wake.wait(),
+                                       self.services.config.scheduler_interval)
                 await asyncio.sleep(DEBOUNCE)
             except TimeoutError:
                 pass
@@ -80,7 +80,7 @@ class Scheduler:
     async def run_once(self) -> dict[str, int]:
         """One full pass; returns how many rows each step changed."""
         db = self.services.db
-        c = self.config
+        c = self.services.config  # read each pass: SIGHUP may have changed it
         now = time.time()
         pass_start = now
         out = {

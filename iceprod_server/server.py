@@ -7,21 +7,28 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import time
+from collections.abc import Callable
 
 import tornado.httpserver
 
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
 from iceprod_server.db.migrate import check_schema
+from iceprod_server.reload import reload_config
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT or SIGTERM. Raises SchemaOutdated before listening if the
+async def serve(config: Config, ready: asyncio.Event | None = None,
+                sockets: list[socket.socket] | None = None,
+                reload: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, on ``sockets`` when given (a worker of
+    ``serve --processes``), else on the configured address. SIGHUP applies the options of
+    ``reload()`` that can change live. Raises SchemaOutdated before listening if the
     database needs ``iceprod-server migrate``."""
     services = Services(config)
     try:
@@ -33,7 +40,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         server = tornado.httpserver.HTTPServer(
             app,
             max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024))
-        server.listen(config.port, address=config.host)
+        if sockets is None:
+            server.listen(config.port, address=config.host)
+        else:
+            server.add_sockets(sockets)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         scheduler.start()
@@ -41,6 +51,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_config, services, reload)
         log.info("IceProd server listening on http://%s:%d (database %s)", config.host,
                  config.port, _safe_url(config.database_url))
         # objects made at start-up live as long as the process: keep them out of the

@@ -176,7 +176,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from iceprod_server.db.migrate import SchemaOutdated, check_schema
     from iceprod_server.executors.database import run_unit
 
-    config = _config(args, host=args.host, port=args.port, log_level=args.log_level)
+    def load_config() -> Config:
+        return _config(args, host=args.host, port=args.port, log_level=args.log_level,
+                       processes=args.processes)
+
+    config = load_config()
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise CLIError(f"unknown log level {config.log_level!r}")
@@ -193,7 +197,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     finally:
         engine.dispose()
     try:
-        asyncio.run(server.serve(config))
+        if config.processes > 1:
+            from iceprod_server.supervisor import Supervisor
+
+            sys.exit(Supervisor(config, config.processes, load_config).run())
+        asyncio.run(server.serve(config, reload=load_config))
     except SchemaOutdated as e:
         raise CLIError(str(e), EXIT_USAGE) from e
     except OSError as e:

@@ -90,16 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", formatter_class=fmt, help="run the server",
                        description="Serve the web pages and JSON-RPC at /jsonrpc until SIGINT "
-                       "or SIGTERM. GET /healthz answers 200 once the server is ready. "
-                       "Several processes may serve one MariaDB database.",
+                       "or SIGTERM, which stop gracefully: new connections are refused, "
+                       "requests in flight finish (up to shutdown_grace seconds). SIGHUP "
+                       "re-reads iceprod.toml and applies the options that can change live. "
+                       "GET /healthz answers 200 once the server is ready. Several "
+                       "processes may serve one MariaDB database (--processes, or separate "
+                       "serve commands on their own ports).",
                        epilog=_examples(f"""
                            {PROG} serve --data-dir var --port 8080
                            {PROG} serve --data-dir var --host 0.0.0.0 --log-level DEBUG
+                           {PROG} serve --data-dir var --processes 4
                            """))
     _data_dir(p)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--processes", metavar="N", type=int,
+                   help="worker processes sharing the port, each with its own event loop, "
+                        "pools and database connections; a dying worker is restarted "
+                        "(default 1)")
     p.set_defaults(func=local.cmd_serve)
 
     p = sub.add_parser("migrate", formatter_class=fmt, help="upgrade the database schema",

@@ -8,12 +8,14 @@ from typing import Any
 
 import tornado.web
 
+from iceprod_server import metrics as prometheus
 from iceprod_server.handlers import (
     files,
     health,
     jsonrpc,
     live,
     login,
+    metrics,
     pages_datasets,
     pages_site,
     proxy,
@@ -38,10 +40,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.WARNING
     else:
         level = logging.ERROR
+    seconds = handler.request.request_time()
+    name = type(handler).__name__
+    prometheus.HTTP_REQUESTS.labels(handler=name, method=handler.request.method or "",
+                                    status=str(status)).inc()
+    prometheus.HTTP_SECONDS.labels(handler=name).observe(seconds)
     caller = getattr(handler, "caller", None)
     role = getattr(caller, "role", None) or "-"
     access_log.log(level, "%d %s %s %.1fms role=%s", status, handler.request.method,
-                   handler.request.path, 1000.0 * handler.request.request_time(), role)
+                   handler.request.path, 1000.0 * seconds, role)
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
@@ -50,6 +57,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     limiter = login.LoginLimiter(services.config.login_attempts_per_minute)
     routes: list[Any] = [
         *health.routes(),
+        *metrics.routes(),
         *jsonrpc.routes(dispatcher),
         *login.routes(limiter),
         *pages_site.routes(),

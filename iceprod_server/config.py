@@ -8,6 +8,7 @@ Every option is documented in ``conf/iceprod.example.toml``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -66,6 +67,8 @@ class Config:
     shutdown_grace: float = 30.0
     # worker processes of `serve` sharing the listening socket
     processes: int = 1
+    # addresses or networks that may read /metrics without logging in (admins always may)
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
     # identifies this server among peer sites; part of every id it generates
     site_id: str = ""
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
@@ -247,6 +250,11 @@ def _validate(config: Config) -> None:
                  "processes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for network in config.metrics_allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as e:
+            raise ConfigError(f"metrics_allow: {e}") from None
     if config.shutdown_grace < 0:
         raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
     for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+from iceprod_server import metrics
 from iceprod_server.db import scheduling, tasks
 from iceprod_server.errors import Unavailable
 from iceprod_server.services import Services
@@ -60,8 +61,11 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            started = time.perf_counter()
             try:
                 summary = await self.run_once()
+                metrics.SCHEDULER_PASS_SECONDS.observe(time.perf_counter() - started)
+                metrics.SCHEDULER_LAST_PASS.set(time.time())
                 if any(summary.values()):
                     log.info("scheduler pass: %s",
                              ", ".join(f"{k}={v}" for k, v in summary.items() if v))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import tornado.httpserver
 
+from iceprod_server import metrics
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
 from iceprod_server.db.migrate import check_schema
@@ -47,6 +48,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         scheduler.start()
+        sampler = asyncio.create_task(metrics.sampler(services), name="metrics sampler")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,6 +64,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         if ready is not None:
             ready.set()
         await stop.wait()
+        sampler.cancel()
         await _drain(config, services, server, scheduler)
     finally:
         await services.aclose()

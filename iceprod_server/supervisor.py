@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import tornado.netutil
 
+from iceprod_server import metrics
 from iceprod_server.config import Config
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Supervisor:
             if pid not in self.workers:
                 continue
             index, started = self.workers.pop(pid)
+            metrics.worker_gone(pid)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 log.info("worker %d (pid %d) stopped with %d", index, pid, code)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import getpass
 import json
 import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -172,15 +175,22 @@ def _short(e: BaseException) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from iceprod_server import server
-    from iceprod_server.db.migrate import SchemaOutdated, check_schema
-    from iceprod_server.executors.database import run_unit
-
     def load_config() -> Config:
         return _config(args, host=args.host, port=args.port, log_level=args.log_level,
                        processes=args.processes)
 
     config = load_config()
+    if config.processes > 1:
+        # before the metrics module is first imported: workers then write their metrics
+        # to files there, which a scrape of any worker adds up
+        metrics_dir = tempfile.mkdtemp(prefix="iceprod-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    from iceprod_server import server
+    from iceprod_server.db.migrate import SchemaOutdated, check_schema
+    from iceprod_server.executors.database import run_unit
+
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise CLIError(f"unknown log level {config.log_level!r}")

@@ -41,6 +41,9 @@ class BaseHandler(tornado.web.RequestHandler):
     # whether the message of a 5xx HTTPError is shown (it is written for the caller), or
     # only the generic reason (it may describe internals)
     explains_server_errors = False
+    # whether a 401 says how to authenticate (WWW-Authenticate: Bearer): for routes that
+    # programs call with a passkey, not for pages
+    bearer_challenge = False
 
     def __init__(self, application: tornado.web.Application,
                  request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> None:
@@ -169,6 +172,9 @@ class BaseHandler(tornado.web.RequestHandler):
                 or ("application/json" in accept and "text/html" not in accept))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401 and self.bearer_challenge:
+            # set here: send_error() clears the headers set before the error was raised
+            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
         reason = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message and (
@@ -187,6 +193,8 @@ class FileAccessHandler(BaseHandler):
 
     The XSRF token is checked in :meth:`authorize`, and only for a browser session on a
     state-changing request: a passkey caller has no cookie to forge."""
+
+    bearer_challenge = True
 
     # "the disk is full", "the source timed out": said for the caller
     explains_server_errors = True
@@ -223,13 +231,6 @@ class FileAccessHandler(BaseHandler):
 
     def wants_json(self) -> bool:
         return True
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 401:
-            # set here: send_error() clears the headers set before the error was raised
-            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
-        super().write_error(status_code, **kwargs)
-
 
 class PageHandler(BaseHandler):
     """A page: readable without login while ``public_read`` is on."""

@@ -47,8 +47,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     prometheus.HTTP_SECONDS.labels(handler=name).observe(seconds)
     caller = getattr(handler, "caller", None)
     role = getattr(caller, "role", None) or "-"
-    access_log.log(level, "%d %s %s %.1fms role=%s", status, handler.request.method,
-                   handler.request.path, 1000.0 * seconds, role)
+    rpc_methods = ",".join(getattr(handler, "rpc_methods", ()))
+    fields = {"method": handler.request.method, "path": handler.request.path,
+              "status": status, "ms": round(1000.0 * seconds, 1), "role": role,
+              "request_id": getattr(handler, "request_id", "")}
+    if rpc_methods:
+        fields["rpc_method"] = rpc_methods
+    access_log.log(level, "%d %s %s%s %.1fms role=%s", status, handler.request.method,
+                   handler.request.path, f" {rpc_methods}" if rpc_methods else "",
+                   1000.0 * seconds, role, extra=fields)
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:

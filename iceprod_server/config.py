@@ -63,6 +63,8 @@ class Config:
     # address of the reverse proxy whose X-Real-IP / client-certificate headers are trusted
     trusted_proxy: str = ""
     log_level: str = "INFO"
+    # "text", or "json": one JSON object per line
+    log_format: str = "text"
     # seconds a stopping server lets requests in flight finish before it closes them
     shutdown_grace: float = 30.0
     # worker processes of `serve` sharing the listening socket
@@ -255,6 +257,8 @@ def _validate(config: Config) -> None:
             ipaddress.ip_network(network, strict=False)
         except ValueError as e:
             raise ConfigError(f"metrics_allow: {e}") from None
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {config.log_format!r}")
     if config.shutdown_grace < 0:
         raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
     for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):

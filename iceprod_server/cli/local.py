@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from iceprod_server import log_format
 from iceprod_server.cli.common import (
     EXIT_EXISTS,
     EXIT_USAGE,
@@ -177,7 +178,7 @@ def _short(e: BaseException) -> str:
 def cmd_serve(args: argparse.Namespace) -> None:
     def load_config() -> Config:
         return _config(args, host=args.host, port=args.port, log_level=args.log_level,
-                       processes=args.processes)
+                       processes=args.processes, log_format=args.log_format)
 
     config = load_config()
     if config.processes > 1:
@@ -194,8 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise CLIError(f"unknown log level {config.log_level!r}")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format.configure(level, config.log_format)
     engine = _engine(config)
     try:
         run_unit(engine, lambda s: check_schema(s.connection(), config.data_dir),

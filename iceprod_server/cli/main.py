@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="text lines, or one JSON object per line (default text)")
     p.add_argument("--processes", metavar="N", type=int,
                    help="worker processes sharing the port, each with its own event loop, "
                         "pools and database connections; a dying worker is restarted "

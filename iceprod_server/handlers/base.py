@@ -16,6 +16,7 @@ import tornado.escape
 import tornado.httputil
 import tornado.web
 
+from iceprod_server import log_format
 from iceprod_server.db import users
 from iceprod_server.errors import NotAuthenticated, Unavailable
 from iceprod_server.files import access
@@ -48,6 +49,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def __init__(self, application: tornado.web.Application,
                  request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> None:
         super().__init__(application, request, **kwargs)
+        given = request.headers.get("X-Request-Id") if self.from_trusted_proxy() else None
+        self.request_id = log_format.new_request_id(given)
+        log_format.REQUEST_ID.set(self.request_id)
+        self.set_header("X-Request-Id", self.request_id)
         # counted until it finishes or its client goes away: a stopping server waits
         self._in_flight = True
         requests = self.services.requests

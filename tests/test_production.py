@@ -6,7 +6,9 @@ through nginx with curl."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,7 @@ import pytest
 
 from iceprod_server.rpc.registry import ANYONE
 from tests.support.databases import mariadb_database
-from tests.support.datasets import REPO
+from tests.support.datasets import REPO, config, submit, wait_counts, wait_until
 from tests.support.inprocess import extra_method, in_process_server
 from tests.support.nginx import Certs, Nginx, start_nginx
 from tests.support.servers import (
@@ -124,3 +126,93 @@ def test_five_blocking_requests_through_nginx_finish_together(
     assert all(took >= 0.95 for took, _ in results)
     # five seconds if they ran one after the other; about one together (wide margin)
     assert elapsed < 3.0, f"five one-second requests took {elapsed:.2f} s through nginx"
+
+
+class PilotLoad:
+    """Pilot threads through nginx that claim and finish tasks without retrying anything:
+    every error (a 502, a cut answer, a refused call) is recorded, every finish counted."""
+
+    def __init__(self, url: str, key: str, pilots: int, total: int) -> None:
+        from iceprod_server.client import IceProdClient
+
+        self.clients = [IceProdClient(url, passkey=key, pilot_ref=f"load-{i}", retries=0,
+                                      timeout=60) for i in range(pilots)]
+        self.total = total
+        self.finished: list[str] = []
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.pilot, args=(c,), daemon=True)
+                        for c in self.clients]
+
+    def pilot(self, client: Any) -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.finished) >= self.total or len(self.errors) > 20:
+                    return
+            try:
+                tasks = client.call("new_task", gridspec="", hostname="h", domain="",
+                                    ifaces=[], os=None, cpu=1, gpu=0, memory=1.0, disk=1.0,
+                                    time=1.0)
+                if not tasks:
+                    time.sleep(0.05)
+                for desc in tasks:
+                    opts = desc["options"]
+                    client.call("finish_task", task_id=opts["task_id"],
+                                attempt=opts["attempt"], stats={"time_used": 0.01})
+                    with self.lock:
+                        self.finished.append(opts["task_id"])
+            except Exception as e:
+                with self.lock:
+                    self.errors.append(f"{type(e).__name__}: {e}")
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def progress(self) -> int:
+        with self.lock:
+            return len(self.finished)
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=300)
+
+
+def test_rolling_restart_under_50_pilots_loses_nothing(tmp_path: Path) -> None:
+    """Two server processes behind nginx; each in turn gets SIGTERM under the load of 50
+    pilots and is started again: no pilot sees an error or a cut answer, every task is
+    claimed once and completed once."""
+    total = 1500
+    with mariadb_database() as url:
+        dep = Deployment.init(tmp_path / "data", url)
+        env = {"ICEPROD_TRUSTED_PROXY": "127.0.0.1"}
+        servers = [start_server(dep, tmp_path / "logs", env=env) for _ in range(2)]
+        nginx = start_nginx(tmp_path / "nginx", [s.port for s in servers])
+        base = f"http://127.0.0.1:{nginx.port}"
+        try:
+            from iceprod_server.client import IceProdClient
+
+            owner = IceProdClient(base, passkey=dep.passkey("user", "alice"))
+            dataset_id = submit(owner, config(), njobs=total)
+            load = PilotLoad(base, dep.passkey("pilot"), 50, total)
+            load.start()
+            for i in range(2):
+                done = load.progress()
+                wait_until("pilots to make progress",
+                           lambda done=done: load.progress() >= done + 100, timeout=120)
+                servers[i].proc.send_signal(signal.SIGTERM)
+                assert servers[i].proc.wait(60) == 0, servers[i].log_text()[-3000:]
+                servers[i] = start_server(dep, tmp_path / "logs", env=env,
+                                          port=servers[i].port)
+            load.join()
+            assert load.errors == [], load.errors[:10]
+            assert len(load.finished) == len(set(load.finished)) == total
+            # a task claimed twice would show as a second finish (or a -32004 error)
+            wait_counts(owner, dataset_id, {"complete": total})
+            for s in servers:
+                assert "Traceback" not in s.log_text(), s.log_text()[-3000:]
+        finally:
+            nginx.stop()
+            for s in servers:
+                s.stop()

@@ -85,13 +85,14 @@ def render_for_test(text: str, certs: Certs, directory: Path, upstream_port: int
     temp_paths = "".join(f"    {name}_temp_path {directory / name};\n"
                          for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     ports = upstream_port if isinstance(upstream_port, list) else [upstream_port]
-    servers = "".join(f"        server 127.0.0.1:{p};\n" for p in ports)
+    servers = "".join(f"        server 127.0.0.1:{p} max_fails=0;\n" for p in ports)
     for old, new in (
         ("listen 443 ssl;", f"listen 127.0.0.1:{port}{' ssl' if https else ''};"),
         ("        listen [::]:443 ssl;\n", ""),
         ("listen 80;", f"listen 127.0.0.1:{redirect_port};"),
         ("        listen [::]:80;\n", ""),
-        ("        server 127.0.0.1:8081;\n        server 127.0.0.1:8082;\n", servers),
+        ("        server 127.0.0.1:8081 max_fails=0;\n        server 127.0.0.1:8082 max_fails=0;\n",
+         servers),
         ("/opt/iceprod/.venv/lib/python3.11/site-packages/iceprod_server/static/",
          f"{STATIC_DIR}/"),
         ("http {\n", "http {\n" + temp_paths),

@@ -89,16 +89,19 @@ def _insert_jobs(s: Session, dataset_id: str, start: int, count: int) -> int:
     return count
 
 
-def return_to_idle(s: Session, batch: int) -> int:
-    """reset and resume tasks go back to idle, where dependencies are checked again."""
-    ids = s.scalars(select(Task.task_id).where(Task.status.in_(("reset", "resume")))
-                    .limit(batch)).all()
+def return_to_idle(s: Session, batch: int, now: float | None = None) -> int:
+    """resume tasks, and reset tasks whose retry back-off is over, go back to idle, where
+    dependencies are checked again."""
+    now = time.time() if now is None else now
+    due = or_(Task.status == "resume",
+              and_(Task.status == "reset",
+                   or_(Task.retry_after.is_(None), Task.retry_after <= now)))
+    ids = s.scalars(select(Task.task_id).where(due).limit(batch)).all()
     if not ids:
         return 0
-    return changed(s, update(Task).where(Task.task_id.in_(ids),
-                                         Task.status.in_(("reset", "resume")))
+    return changed(s, update(Task).where(Task.task_id.in_(ids), due)
                    .values(status="idle", status_changed=time.time(), claim=None,
-                           claimed_by=None, lease_expires=None))
+                           claimed_by=None, lease_expires=None, retry_after=None))
 
 
 def release_ready(s: Session, batch: int) -> int:

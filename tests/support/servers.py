@@ -32,6 +32,8 @@ PASSWORD = "correct-horse-battery"
 DEFAULT_ENV = {
     "ICEPROD_SCHEDULER_INTERVAL": "0.5",
     "ICEPROD_LOG_LEVEL": "INFO",
+    # a failed task is queued again at once (tests of the back-off set their own)
+    "ICEPROD_RETRY_DELAY_SECONDS": "0",
 }
 
 

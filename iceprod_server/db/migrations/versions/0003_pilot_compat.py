@@ -7,6 +7,8 @@ Revises: 0002
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,7 +17,7 @@ down_revision: str | None = "0002"
 branch_labels: str | None = None
 depends_on: str | None = None
 
-TASK_COLUMNS = {
+TASK_COLUMNS: dict[str, sa.types.TypeEngine[Any]] = {
     "last_claimant": sa.String(length=128),
     "prev_claimant": sa.String(length=128),
     "reported_attempt": sa.Integer(),

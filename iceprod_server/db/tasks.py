@@ -328,7 +328,7 @@ def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: b
 def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[str]:
     """Which of memory, disk and time the failed attempt ran out of."""
     found = set()
-    text = str(error_info.get("error", "")).lower()
+    text = str(error_info.get("error") or error_info.get("error_summary") or "").lower()
     for name in GROWABLE:
         if f"overuse for {name}" in text or f"{name} overuse" in text:
             found.add(name)

@@ -132,8 +132,9 @@ class Deployment:
         return name
 
     def passkey(self, role: str, user: str | None = None,
-                expires: float | None = None) -> str:
-        """Issue a passkey; a user or admin key is bound to ``user`` (made if needed)."""
+                expires: float | None = None, lease: float | None = None) -> str:
+        """Issue a passkey; a user or admin key is bound to ``user`` (made if needed);
+        ``lease``: the key's own task lease in seconds."""
         args = ["passkey", "issue", "--role", role]
         if role in ("user", "admin"):
             user = user or f"{role}1"
@@ -142,6 +143,8 @@ class Deployment:
             args += ["--user", user]
         if expires is not None:
             args += ["--expires", str(expires)]
+        if lease is not None:
+            args += ["--lease", str(lease)]
         out = self.cli(*args).stdout.strip()
         assert out and len(out.split()) == 1, f"passkey issue printed more than a key: {out!r}"
         return out

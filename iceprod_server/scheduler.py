@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 
-from iceprod_server.db import scheduling, tasks
+from iceprod_server.db import scheduling
+from iceprod_server.db.tasks import Backoff
 from iceprod_server.errors import Unavailable
 from iceprod_server.services import Services
 
@@ -75,9 +76,9 @@ class Scheduler:
         now = time.time()
         pass_start = now
         out = {
-            "expired": await db.write(tasks.expire_leases, now, c.max_resets, BATCH,
-                                      tasks.Backoff(c.retry_delay_seconds,
-                                                    c.retry_max_delay_seconds)),
+            "expired": await db.write(scheduling.expire_leases, now, c.max_resets, BATCH,
+                                      Backoff(c.retry_delay_seconds,
+                                              c.retry_max_delay_seconds)),
             "timed_out": await db.write(scheduling.expire_queued, now, c.queue_timeout,
                                         BATCH),
             "to_idle": await db.write(scheduling.return_to_idle, BATCH, now),

@@ -22,13 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, case, insert, literal, or_, select, update
+from sqlalchemy import Integer, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
     DatasetConfig,
-    JsonCol,
     Pilot,
     Task,
     TaskLog,
@@ -421,38 +420,3 @@ def update_pilot(s: Session, pilot_id: str, key_id: str | None, hostname: str,
         s.execute(insert(Pilot).values(pilot_id=pilot_id, key_id=key_id, hostname=hostname,
                                        site="", tasks=tasks, resources_available=available,
                                        resources_claimed=claimed, last_update=now))
-
-
-def expire_leases(s: Session, now: float, max_resets: int, batch: int = 1000,
-                  backoff: Backoff = Backoff()) -> int:
-    """Processing tasks whose lease ran out count a failure ("lost contact"), set-based:
-    one statement per (debug, failures) group of the batch, which sets the back-off."""
-    rows = s.execute(
-        select(Task.task_id, Task.failures, Dataset.debug)
-        .join(Dataset, Dataset.dataset_id == Task.dataset_id)
-        .where(Task.status == "processing", Task.lease_expires < now)
-        .limit(batch)
-    ).all()
-    count = 0
-    for debug, failures in sorted({(bool(r.debug), r.failures) for r in rows}):
-        ids = [r.task_id for r in rows if (bool(r.debug), r.failures) == (debug, failures)]
-        expired = and_(Task.task_id.in_(ids), Task.status == "processing",
-                       Task.lease_expires < now, Task.failures == failures)
-        s.execute(insert(TaskStat).from_select(
-            ["task_id", "dataset_id", "attempt", "created", "error", "hostname", "stats"],
-            select(Task.task_id, Task.dataset_id, Task.attempt, literal(now), literal(True),
-                   literal(""), literal(_LOST, JsonCol)).where(expired)))
-        status = literal("suspended") if debug else case(
-            (Task.failures + 1 >= max_resets, "failed"), else_="reset")
-        count += changed(s,
-            update(Task).where(expired)
-            .values(status=status, status_changed=now, failures=Task.failures + 1,
-                    lease_expires=None, claim=None, claimed_by=None,
-                    retry_after=now + backoff.after(failures + 1))
-        )
-    return count
-
-
-_LOST = {"error": "lost contact", "reason": "lease expired"}
-
-

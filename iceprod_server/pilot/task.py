@@ -98,10 +98,8 @@ class TaskRun(threading.Thread):
     def __init__(self, desc: dict[str, Any], scratch_root: Path, hostname: str,
                  pilot_id: str, client: IceProdClient, on_done: Callable[[], None],
                  keep_scratch: bool = False) -> None:
-        # the dataset config itself, as IceProd 2.3 servers send it (older answers
-        # wrapped it: {"config": ..., "options": ...})
-        wrapped = "tasks" not in desc and isinstance(desc.get("config"), dict)
-        self.config: dict[str, Any] = desc["config"] if wrapped else desc
+        # the dataset config itself, the task's options merged into its options
+        self.config: dict[str, Any] = desc
         self.options: dict[str, Any] = desc.get("options") or {}
         self.task_id = str(self.options.get("task_id", ""))
         self.task_name = str(self.options.get("task", ""))

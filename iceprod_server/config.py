@@ -50,7 +50,7 @@ class Config:
     max_resets: int = 10
     # a failed task waits this long before it is queued again, doubled with each further
     # failure up to retry_max_delay_seconds
-    retry_delay_seconds: float = 60.0
+    retry_delay_seconds: float = 10.0
     retry_max_delay_seconds: float = 3600.0
     public_read: bool = True
     max_body_bytes: int = 64 * 1024 * 1024

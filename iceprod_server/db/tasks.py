@@ -46,7 +46,7 @@ class Backoff:
     """How long a failed task waits before it is queued again: ``delay`` seconds after the
     first failure, doubled with each further one, at most ``limit``."""
 
-    delay: float = 60.0
+    delay: float = 10.0
     limit: float = 3600.0
 
     def after(self, failures: int) -> float:

@@ -103,7 +103,6 @@ _FITTING = (
 _FITTING_LOCKED = _FITTING.with_for_update(skip_locked=True)
 
 
-
 def _claim_values(now: Any, token: Any, claimant: Any, lease: Any) -> Any:
     """The SET list of a claim, in order: MariaDB assigns left to right, each assignment
     seeing the ones before, so the previous claimant is copied before it is replaced."""

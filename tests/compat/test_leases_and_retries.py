@@ -101,6 +101,21 @@ def test_any_call_about_the_task_renews_its_lease(server: Any, db_url: str) -> N
     assert _task(srv, task_id)["failures"] == 0
 
 
+def test_leases_show_in_the_passkey_list(server: Any, sqlite_url: str) -> None:
+    srv, _owner, _short_key = _start(server, sqlite_url)
+    admin = srv.client(srv.deployment.passkey("admin", "admin1"))
+    issued = admin.call("issue_passkey", role="pilot", lease=90, description="by rpc")
+    assert issued["lease_seconds"] == 90
+    listed = [(k["description"], k["lease_seconds"]) for k in admin.call("list_passkeys")]
+    assert sorted(lease for _, lease in listed if lease) == [SHORT_LEASE, 90], listed
+    assert ("by rpc", 90) in listed
+    lines = srv.deployment.cli("passkey", "list").stdout.splitlines()
+    column = lines[0].index("lease s")
+    shown = sorted(line[column:].split()[0] for line in lines[1:])
+    # alice's and admin1's keys have the server's lease
+    assert shown == ["2", "90", "default", "default"], lines
+
+
 def test_retries_back_off(server: Any, db_url: str) -> None:
     delay, cap = 1.0, 3.0
     srv, owner, _key = _start(server, db_url, {"ICEPROD_RETRY_DELAY_SECONDS": str(delay),

@@ -119,7 +119,7 @@ _CLAIM = (
                                    bindparam("b_claimant"), bindparam("b_lease")))
 )
 _CLAIMED = (
-    select(Task.task_id, Task.name, Task.job_id, Task.job_index, Task.attempt,
+    select(Task.task_id, Task.name, Task.job_index, Task.attempt,
            Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
            Task.req_os, Dataset.dataset_id, Dataset.dataset_num, Dataset.njobs,
            Dataset.debug, DatasetConfig.updated, DatasetConfig.config)
@@ -158,7 +158,6 @@ def _description(r: Any) -> dict[str, Any]:
         "dataset_id": r.dataset_id,
         "dataset": r.dataset_num,
         "job": r.job_index,
-        "job_id": r.job_id,
         "jobs_submitted": r.njobs,
         "debug": bool(r.debug),
         "resources": _resources(r),

@@ -70,7 +70,7 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
     list (empty when there is no work) of task descriptions as IceProd 2.3 servers sent
     them: the dataset config itself, with ``dataset`` set to the dataset number and the
     task's options merged into ``options``: task_id, task (name), dataset_id, dataset
-    (number), job (index), job_id, jobs_submitted, debug, resources (exactly cpu, gpu,
+    (number), job (index), jobs_submitted, debug, resources (exactly cpu, gpu,
     memory, disk, time) and attempt. Each task is now ``processing`` under the caller's
     claim, whose lease any call about the task renews.
     """

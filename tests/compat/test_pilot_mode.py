@@ -60,7 +60,8 @@ def _number(h: Harness, dataset_id: str) -> int:
 def _check_shape(desc: dict[str, Any], dataset_id: str, number: int, name: str) -> None:
     """What IceProd 2 reads from one new_task item: the dataset config itself."""
     options = desc["options"]
-    assert OPTIONS <= set(options), sorted(options)
+    # the task's options, plus what the config's own options held
+    assert set(options) == OPTIONS | {"custom"}, sorted(options)
     assert options["task"] == name and options["dataset_id"] == dataset_id
     # its parser reads the top-level dataset for $(dataset), before options
     assert desc["dataset"] == number and options["dataset"] == number

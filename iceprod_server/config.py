@@ -37,8 +37,10 @@ class Config:
     db_pool_recycle: int = 3600
     # seconds a unit of database work may wait on locks before -32005
     db_timeout: float = 30.0
-    # seconds of silence after which a processing task is reset as "lost contact"
-    lease_seconds: float = 1800.0
+    # seconds without a call about a processing task after which it is reset as "lost
+    # contact" (a passkey may carry its own); IceProd 2 pilots call only while a module
+    # runs, and their own server waited two hours
+    lease_seconds: float = 7200.0
     # seconds a task may stay waiting or queued before it is put back to idle
     queue_timeout: float = 86400.0
     scheduler_interval: float = 5.0
@@ -47,6 +49,10 @@ class Config:
     # how many jobs are materialised per dataset per scheduler pass
     materialize_batch: int = 1000
     max_resets: int = 10
+    # a failed task waits this long before it is queued again, doubled with each further
+    # failure up to retry_max_delay_seconds
+    retry_delay_seconds: float = 10.0
+    retry_max_delay_seconds: float = 3600.0
     public_read: bool = True
     max_body_bytes: int = 64 * 1024 * 1024
     # logs larger than this go to files under <data_dir>/logs instead of database rows
@@ -264,6 +270,9 @@ def _validate(config: Config) -> None:
     for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in ("retry_delay_seconds", "retry_max_delay_seconds"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
     if config.cookie_secure not in ("auto", "always", "never"):
         raise ConfigError(f"cookie_secure must be auto, always or never, "
                           f"got {config.cookie_secure!r}")

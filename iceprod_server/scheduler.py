@@ -14,7 +14,8 @@ import logging
 import time
 
 from iceprod_server import metrics
-from iceprod_server.db import scheduling, tasks
+from iceprod_server.db import scheduling
+from iceprod_server.db.tasks import Backoff
 from iceprod_server.errors import Unavailable
 from iceprod_server.services import Services
 
@@ -88,10 +89,12 @@ class Scheduler:
         now = time.time()
         pass_start = now
         out = {
-            "expired": await db.write(tasks.expire_leases, now, c.max_resets, BATCH),
+            "expired": await db.write(scheduling.expire_leases, now, c.max_resets, BATCH,
+                                      Backoff(c.retry_delay_seconds,
+                                              c.retry_max_delay_seconds)),
             "timed_out": await db.write(scheduling.expire_queued, now, c.queue_timeout,
                                         BATCH),
-            "to_idle": await db.write(scheduling.return_to_idle, BATCH),
+            "to_idle": await db.write(scheduling.return_to_idle, BATCH, now),
             "jobs": await db.write(scheduling.materialize_jobs, c.materialize_batch,
                                    c.queue_depth),
             "waiting": 0,

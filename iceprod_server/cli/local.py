@@ -122,6 +122,11 @@ def cmd_init(args: argparse.Namespace) -> None:
         else:
             lines.append('# db_url = "mysql+mysqldb://USER@HOST/DATABASE" (default: SQLite '
                          'in this directory)')
+        lines += ["", "# IceProd 2 pilots fetch module sources given as relative paths from",
+                  "# <url>/download/<path> without credentials; to serve files/public/ to",
+                  "# anyone (uploads there too), uncomment:",
+                  "# [files]",
+                  '# access = { "" = "any", "public" = "anonymous" }']
         conf.write_text("\n".join(lines) + "\n")
         print(f"wrote {conf}")
     secret = data_dir / "cookie_secret"
@@ -131,6 +136,12 @@ def cmd_init(args: argparse.Namespace) -> None:
         _write_private(secret, secrets.token_urlsafe(48) + "\n")
         print(f"wrote {secret} (mode 600)")
     config = _config(args)
+    public = config.files_dir / "public"
+    if public.is_dir():
+        print(f"kept {public}")
+    else:
+        public.mkdir(parents=True)
+        print(f"created {public} (module sources for IceProd 2 pilots: [files] access)")
     try:
         before, after = upgrade_with_report(config.database_url)
     except Exception as e:  # connection refused, access denied, unknown database...
@@ -259,12 +270,13 @@ def cmd_passkey_issue(args: argparse.Namespace) -> None:
 
     config = _config(args)
     key = _run(config, users.issue_passkey, args.role, args.user, args.site, args.expires,
-               args.description)
+               args.description, args.lease)
     print(key["passkey"])
     print(f"passkey {key['key_id']}: role {key['role']}"
           + (f", user {key['username']}" if key.get("username") else "")
           + (f", site {key['site_id']}" if key.get("site_id") else "")
-          + (f", expires {when(key['expires'])}" if key.get("expires") else ", no expiry"),
+          + (f", expires {when(key['expires'])}" if key.get("expires") else ", no expiry")
+          + (f", lease {key['lease_seconds']:g} s" if key.get("lease_seconds") else ""),
           file=sys.stderr)
 
 
@@ -289,9 +301,10 @@ def cmd_passkey_list(args: argparse.Namespace) -> None:
         state = "revoked" if k["revoked"] else "expired" if k["expired"] else "active"
         rows.append([k["key_id"], k["role"], k["username"] or "", k["site_id"] or "", state,
                      when(k["created"]), when(k["expires"]) if k["expires"] else "never",
+                     f"{k['lease_seconds']:g}" if k["lease_seconds"] else "default",
                      k["description"]])
     print(table(["key id", "role", "user", "site", "state", "created", "expires",
-                  "description"], rows))
+                  "lease s", "description"], rows))
 
 
 

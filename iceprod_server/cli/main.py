@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                             KEY=$({PROG} passkey issue --data-dir var --role pilot)
                             {PROG} passkey issue --data-dir var --role admin --user admin \\
                                 --expires 3600
+                            {PROG} passkey issue --data-dir var --role pilot --lease 600 \\
+                                --description "iceprod-pilot, heartbeat every 60 s"
                             """))
     q.add_argument("--role", required=True, choices=("pilot", "user", "admin"))
     q.add_argument("--user", metavar="NAME", help="the user the key acts for")
@@ -167,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--expires", metavar="SECONDS", type=float,
                    help="lifetime in seconds (default: no expiry)")
     q.add_argument("--description", default="", help="a note shown by passkey list")
+    q.add_argument("--lease", metavar="SECONDS", type=float,
+                   help="seconds a task claimed with this key may go without a call about "
+                        "it before it is reset as lost (default: the server's "
+                        "lease_seconds, 7200)")
     _data_dir(q)
     q.set_defaults(func=local.cmd_passkey_issue)
     q = psub.add_parser("revoke", formatter_class=fmt, help="revoke a passkey",

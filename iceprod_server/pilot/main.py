@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hostname", help="host name reported to the server")
     parser.add_argument("--max-tasks", type=int, metavar="N", help="exit after N tasks")
     parser.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
-                        help="stillrunning interval; at most the server's lease/3 "
-                             "(default 60)")
+                        help="stillrunning interval; at most a third of the passkey's "
+                             "lease (default 60)")
     parser.add_argument("--poll-interval", type=float, default=10.0, metavar="SECONDS",
                         help="longest wait between new_task calls while idle (default 10)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",

@@ -99,7 +99,8 @@ class TaskRun(threading.Thread):
     def __init__(self, desc: dict[str, Any], scratch_root: Path, hostname: str,
                  pilot_id: str, client: IceProdClient, on_done: Callable[[], None],
                  keep_scratch: bool = False) -> None:
-        self.config: dict[str, Any] = desc.get("config") or {}
+        # the dataset config itself, the task's options merged into its options
+        self.config: dict[str, Any] = desc
         self.options: dict[str, Any] = desc.get("options") or {}
         self.task_id = str(self.options.get("task_id", ""))
         self.task_name = str(self.options.get("task", ""))

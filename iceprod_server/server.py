@@ -7,11 +7,10 @@ import gc
 import logging
 import signal
 
-import tornado.httpserver
-
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
 from iceprod_server.db.migrate import check_schema
+from iceprod_server.httpguard import http_server
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
 
@@ -25,12 +24,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     try:
         await services.db.read(lambda s: check_schema(s.connection()))
         app = make_app(services)
-        # Tornado's own cap sits above ours so the JSON-RPC handler can answer 413 itself
-        # no xheaders: Tornado would take X-Real-IP from any client; the handlers trust
-        # proxy headers only when the TCP peer is the configured trusted_proxy
-        server = tornado.httpserver.HTTPServer(
-            app,
-            max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024))
+        server = http_server(app, config)
         server.listen(config.port, address=config.host)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)

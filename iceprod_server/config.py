@@ -34,7 +34,8 @@ class Config:
     # database connection pool (MariaDB/MySQL)
     db_pool_size: int = 10
     db_pool_recycle: int = 3600
-    # seconds a unit of database work may wait on locks before -32005
+    # seconds a unit of database work may take (locks, a pooled connection, a database that
+    # does not answer) before the caller gets -32005
     db_timeout: float = 30.0
     # seconds of silence after which a processing task is reset as "lost contact"
     lease_seconds: float = 1800.0
@@ -48,6 +49,12 @@ class Config:
     max_resets: int = 10
     public_read: bool = True
     max_body_bytes: int = 64 * 1024 * 1024
+    # most calls in one JSON-RPC batch; a longer batch is answered with one -32600 error
+    max_batch_length: int = 1000
+    # seconds an HTTP connection may sit idle (or take to send its headers) before it is
+    # closed, and seconds a request body may take to arrive
+    idle_connection_timeout: float = 60.0
+    body_timeout: float = 3600.0
     # logs larger than this go to files under <data_dir>/logs instead of database rows
     log_inline_max: int = 256 * 1024
     # seconds an authenticated passkey stays cached in a server process
@@ -239,10 +246,12 @@ def load(
 def _validate(config: Config) -> None:
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
-    for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets"):
+    for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets",
+                 "max_batch_length"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):
+    for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout",
+                 "idle_connection_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.cookie_secure not in ("auto", "always", "never"):

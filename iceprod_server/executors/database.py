@@ -9,6 +9,7 @@ the caller gets :class:`~iceprod_server.errors.Unavailable` (-32005, safe to ret
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
@@ -75,6 +76,10 @@ def _is_down(err: DBAPIError) -> bool:
     return "unable to open database file" in str(err.orig).lower()
 
 
+def _select_one(s: Session) -> None:
+    s.execute(text("SELECT 1"))
+
+
 class Database:
     """Awaitable database access for coroutines."""
 
@@ -82,18 +87,48 @@ class Database:
         self.engine = engine
         self.executor = executor
         self.timeout = timeout
+        self._ping: asyncio.Future[None] | None = None
 
     @run_on_executor
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              write: bool) -> Any:
         return run_unit(self.engine, fn, *args, write=write, timeout=self.timeout, **kwargs)
 
+    async def _bounded(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any], write: bool, timeout: float) -> Any:
+        # The driver's own timeouts bound each socket wait of the thread; this bounds what
+        # the caller waits, queueing for a thread included, whatever the database does.
+        # A unit still running when it ends finishes (or fails) on its own; the caller
+        # was told -32005, which means "safe to retry".
+        try:
+            return await asyncio.wait_for(self._run(fn, args, kwargs, write), timeout)
+        except TimeoutError as e:
+            log.warning("database did not answer %s within %.1f s",
+                        getattr(fn, "__name__", "a unit of work"), timeout)
+            raise Unavailable(f"database did not answer within {timeout:g} s, try again"
+                              ) from e
+
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a unit of work that changes the database."""
-        result: T = await self._run(fn, args, kwargs, True)
+        result: T = await self._bounded(fn, args, kwargs, True, self.timeout)
         return result
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a read-only unit of work (on SQLite it does not take the write lock)."""
-        result: T = await self._run(fn, args, kwargs, False)
+        result: T = await self._bounded(fn, args, kwargs, False, self.timeout)
         return result
+
+    async def ping(self, timeout: float) -> bool:
+        """Whether the database answers ``SELECT 1`` within ``timeout`` seconds.
+
+        At most one ping is in flight: while one waits on a database that does not
+        answer, later calls wait on the same one instead of taking more threads."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._bounded(_select_one, (), {}, False,
+                                                             self.timeout))
+            self._ping.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ping), timeout)
+        except (Unavailable, TimeoutError):
+            return False
+        return True

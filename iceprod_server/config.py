@@ -39,6 +39,9 @@ class Config:
     db_timeout: float = 30.0
     # seconds of silence after which a processing task is reset as "lost contact"
     lease_seconds: float = 1800.0
+    # seconds a claim by a pilot that sends X-IceProd-Pilot lives until its first call
+    # about the task (stillrunning or set_processing), which extends it to lease_seconds
+    first_contact_seconds: float = 120.0
     # seconds a task may stay waiting or queued before it is put back to idle
     queue_timeout: float = 86400.0
     scheduler_interval: float = 5.0
@@ -250,7 +253,8 @@ def _validate(config: Config) -> None:
                  "max_batch_length"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout",
+    for name in ("lease_seconds", "first_contact_seconds", "queue_timeout",
+                 "scheduler_interval", "db_timeout",
                  "idle_connection_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")

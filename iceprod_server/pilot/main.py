@@ -211,7 +211,19 @@ class Pilot:
             log.info("task %s (%s, dataset %s, job %s) started", run.task_id, run.task_name,
                      run.options.get("dataset"), run.options.get("job"))
             run.start()
+            self._confirm(run)
         return len(tasks)
+
+    def _confirm(self, run: TaskRun) -> None:
+        """Tell the server at once that the claim arrived: until then it holds the task
+        only for its short first-contact time (a claim whose answer was lost in a crash
+        goes back to the queue)."""
+        try:
+            if self.client.call("stillrunning", task_id=run.task_id,
+                                attempt=run.attempt) is False:
+                run.drop("server says the task is no longer ours")
+        except RPCError as e:
+            log.warning("stillrunning(%s) failed: %s", run.task_id, e)
 
     def _give_back(self, desc: dict[str, Any]) -> None:
         options = desc.get("options") or {}

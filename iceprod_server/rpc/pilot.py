@@ -60,7 +60,22 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
     if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
         raise InvalidParams("resources offered must not be negative")
     return await ctx.services.db.write(task_db.claim_tasks, ctx.caller.claimant, offer,
-                                       ctx.services.config.lease_seconds, hostname or "")
+                                       first_lease(ctx), hostname or "")
+
+
+def first_lease(ctx: Context) -> float:
+    """Seconds a new claim lives before the pilot's first call about it.
+
+    A pilot that names itself (``X-IceProd-Pilot``, as the reference pilot does) confirms
+    each claim with ``stillrunning`` at once; until then the claim lives only
+    ``first_contact_seconds``, so a claim whose answer was lost (the server or the link
+    went down while answering) goes back to the queue soon instead of after the whole
+    lease. IceProd 2 pilots, which first call ``stillrunning`` only once a module runs
+    (after their downloads), get the whole lease from the start."""
+    config = ctx.services.config
+    if ctx.caller.pilot_ref:
+        return min(config.first_contact_seconds, config.lease_seconds)
+    return config.lease_seconds
 
 
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))

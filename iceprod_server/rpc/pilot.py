@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from iceprod_server.db import tasks as task_db
-from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams
+from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
+from iceprod_server.files.storage import storage_full
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, ANYONE, PILOT, Id, rpc_method
 
@@ -138,8 +139,15 @@ def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.{os.urandom(4).hex()}.log"
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(text)
-    tmp.replace(target)
+    try:
+        tmp.write_bytes(text)
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays
+        if storage_full(e):
+            # the pilot may try again later (the reference pilot keeps the log meanwhile)
+            raise Unavailable("no space left for the log on the server") from e
+        raise
     return str(target.relative_to(root))
 
 

@@ -31,6 +31,8 @@ T = TypeVar("T")
 # MySQL error numbers worth running the unit again for
 _MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _MYSQL_DOWN = {2002, 2003, 2006, 2013}  # cannot connect, server gone away, lost connection
+# the statement ran past max_statement_time (MariaDB) / max_execution_time (MySQL)
+_MYSQL_TOO_LONG = {1969, 3024}
 
 
 def _retryable(err: DBAPIError) -> bool:
@@ -58,6 +60,9 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
             if e.connection_invalidated or _is_down(e):
                 log.warning("database unavailable: %s", e.orig)
                 raise Unavailable("database unavailable", {"detail": str(e.orig)}) from e
+            if _error_number(e) in _MYSQL_TOO_LONG:
+                log.warning("statement stopped after %.1f s: %s", timeout, e.orig)
+                raise Unavailable("database busy, try again", {"detail": str(e.orig)}) from e
             if not _retryable(e):
                 raise
             if time.monotonic() + delay > deadline:
@@ -67,6 +72,11 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
             delay = min(delay * 2, 0.5)
         except PoolTimeout as e:
             raise Unavailable("no database connection available, try again") from e
+
+
+def _error_number(err: DBAPIError) -> int | None:
+    args: tuple[Any, ...] = tuple(getattr(err.orig, "args", ()))
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def _is_down(err: DBAPIError) -> bool:

@@ -1,4 +1,5 @@
-"""The database frozen and cut, through a TCP proxy the test controls (MariaDB).
+"""The database frozen and cut, through a TCP proxy the test controls (MariaDB), and a
+statement that runs too long.
 
 While the database does not answer (frozen: connections open, no byte moves; or cut:
 connections closed and refused), every call gets -32005 within ``db_timeout`` and
@@ -13,11 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from iceprod_server.client import RPCError
+from iceprod_server.client import IceProdClient, RPCError
+from iceprod_server.rpc.context import Context
+from iceprod_server.rpc.registry import ANYONE
 from tests.support import databases
 from tests.support.datasets import claim_one, config, submit, task, wait_counts, wait_until
-from tests.support.servers import ServerProcess, http_get
+from tests.support.inprocess import extra_method, in_process_server
+from tests.support.servers import Deployment, ServerProcess, http_get
 from tests.support.tcpproxy import TCPProxy
 
 DB_TIMEOUT = 3.0
@@ -95,3 +101,39 @@ def test_database_fault_and_recovery(server: Any, proxied_url: tuple[str, TCPPro
                                                f":{databases.MARIADB_PORT}/"),
                             "SELECT COUNT(*) FROM task_stats")
     assert rows == 2
+
+
+def _sleep(s: Session, seconds: float) -> object:
+    return s.execute(text("SELECT SLEEP(:t)"), {"t": seconds}).scalar()
+
+
+async def test_long_statement(ctx: Context) -> object:
+    """A unit of work whose statement runs 20 s (registered for this test only)."""
+    return await ctx.services.db.read(_sleep, 20)
+
+
+async def test_short_statement(ctx: Context) -> object:
+    return await ctx.services.db.read(_sleep, 0)
+
+
+test_long_statement.__test__ = False  # type: ignore[attr-defined]  # not a test itself
+test_short_statement.__test__ = False  # type: ignore[attr-defined]
+
+
+def test_a_statement_longer_than_db_timeout_is_stopped(tmp_path: Any) -> None:
+    """With one database thread: the long statement's caller gets -32005 within
+    db_timeout, and the server stops the statement (max_statement_time), so the thread is
+    free for the next call long before the statement's 20 s."""
+    with databases.mariadb_database() as url:
+        dep = Deployment.init(tmp_path / "data", url)
+        with extra_method("test_long_statement", test_long_statement, ANYONE), \
+                extra_method("test_short_statement", test_short_statement, ANYONE), \
+                in_process_server(dep.data_dir, {"db_timeout": DB_TIMEOUT, "db_threads": 1},
+                                  scheduler=False) as srv:
+            rpc = IceProdClient(srv.url, retries=0, timeout=30)
+            code, took = timed_error(rpc.call, "test_long_statement")
+            assert code == -32005 and took < DB_TIMEOUT + SLACK, (code, took)
+            started = time.monotonic()
+            assert rpc.call("test_short_statement") == 0
+            took = time.monotonic() - started
+            assert took < DB_TIMEOUT + SLACK, f"the next call waited {took:.1f} s"

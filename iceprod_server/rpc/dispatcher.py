@@ -1,5 +1,10 @@
 """The JSON-RPC 2.0 dispatcher behind ``POST /jsonrpc``.
 
+The body first: JSON that does not parse, or nests deeper than
+:data:`~iceprod_server.rpc.values.MAX_DEPTH`, is -32700; an empty batch, or one longer
+than ``max_batch_length``, is one -32600. A batch runs :data:`BATCH_SLICE` calls at a time
+and lets other callers in between.
+
 Order of checks for each request object: its shape (-32600), the caller's credentials
 (-32001, whatever the method), the method (-32601), the caller's role (-32001 anonymous,
 -32002 otherwise), the params (-32602); then the method runs, and domain errors become their

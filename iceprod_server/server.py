@@ -17,6 +17,7 @@ from iceprod_server import metrics
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
 from iceprod_server.db.migrate import check_schema
+from iceprod_server.httpguard import http_server
 from iceprod_server.reload import reload_config
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
@@ -35,12 +36,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     try:
         await services.db.read(lambda s: check_schema(s.connection()))
         app = make_app(services)
-        # Tornado's own cap sits above ours so the JSON-RPC handler can answer 413 itself
-        # no xheaders: Tornado would take X-Real-IP from any client; the handlers trust
-        # proxy headers only when the TCP peer is the configured trusted_proxy
-        server = tornado.httpserver.HTTPServer(
-            app,
-            max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024))
+        server = http_server(app, config)
         if sockets is None:
             server.listen(config.port, address=config.host)
         else:

@@ -26,6 +26,8 @@ from iceprod_server.services import Services
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "iceprod_session"
+# the Authorization schemes the server accepts
+AUTH_SCHEMES = ("Bearer",)
 
 
 def _close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
@@ -92,6 +94,21 @@ class BaseHandler(tornado.web.RequestHandler):
             return token.strip()
         return None
 
+    def refuse_other_schemes(self) -> None:
+        """An ``Authorization`` header that is not ``Bearer <passkey>`` is an error, not
+        an anonymous call: the caller meant to authenticate and would otherwise not know
+        why they are treated as anonymous."""
+        header = self.request.headers.get("Authorization")
+        if header is None or self.bearer_token() is not None:
+            return
+        scheme = header.partition(" ")[0]
+        if scheme.lower() == "bearer":
+            reason = "Authorization: Bearer without a passkey"
+        else:
+            reason = (f"Authorization scheme {scheme[:32]!r} is not accepted: send "
+                      "'Authorization: Bearer <passkey>' (or log in)")
+        raise NotAuthenticated(reason, {"schemes": list(AUTH_SCHEMES)})
+
     def peer_address(self) -> str:
         """The address of the TCP peer itself, which a client cannot forge (unlike
         X-Real-IP, which only the trusted proxy may set)."""
@@ -122,6 +139,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """Authenticate: Bearer header first, then the legacy params, then the login
         cookie (whose XSRF token the handler has checked already)."""
         auth = self.services.auth
+        self.refuse_other_schemes()
         token = self.bearer_token() or legacy_passkey
         pilot_ref = self.request.headers.get("X-IceProd-Pilot", "")
         if legacy_site_id is not None:
@@ -215,6 +233,7 @@ class FileAccessHandler(BaseHandler):
         """The caller, if ``rule`` lets them in; else HTTP 401 (no or a bad credential)
         or 403 (a valid one without the role)."""
         try:
+            self.refuse_other_schemes()
             if self.bearer_token() is not None:
                 self.caller = await self.caller_from_request()
             else:

@@ -33,6 +33,7 @@ from iceprod_server.pilot.modules import (
     stage_in,
     stage_out,
 )
+from iceprod_server.pilot.spool import LogSpool, server_away
 
 log = logging.getLogger("iceprod_pilot")
 
@@ -98,7 +99,7 @@ class TaskRun(threading.Thread):
 
     def __init__(self, desc: dict[str, Any], scratch_root: Path, hostname: str,
                  pilot_id: str, client: IceProdClient, on_done: Callable[[], None],
-                 keep_scratch: bool = False) -> None:
+                 keep_scratch: bool = False, spool: LogSpool | None = None) -> None:
         # the dataset config itself, the task's options merged into its options
         self.config: dict[str, Any] = desc
         self.options: dict[str, Any] = desc.get("options") or {}
@@ -114,6 +115,7 @@ class TaskRun(threading.Thread):
         self.client = client
         self.on_done = on_done
         self.keep_scratch = keep_scratch
+        self.spool = spool
         self.usage = Usage()
         self.stdlog: list[str] = []
         self._cancel = threading.Event()
@@ -303,8 +305,11 @@ class TaskRun(threading.Thread):
                 "stderr": _read_tail(self.dir / "stderr"),
                 "stdlog": "\n".join(self.stdlog) + "\n"}
         for name, text in logs.items():
+            data = _pack(text)
             try:
-                self.client.call("upload_logfile", task=self.task_id, name=name,
-                                 data=_pack(text))
+                self.client.call("upload_logfile", task=self.task_id, name=name, data=data)
             except RPCError as e:
-                log.warning("task %s: upload of %s failed: %s", self.task_id, name, e)
+                if self.spool is not None and server_away(e):
+                    self.spool.save(self.task_id, name, data)
+                else:
+                    log.warning("task %s: upload of %s failed: %s", self.task_id, name, e)

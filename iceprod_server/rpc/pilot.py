@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from iceprod_server.db import tasks as task_db
-from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams
+from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
+from iceprod_server.files.storage import storage_full
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, ANYONE, PILOT, Id, rpc_method
 
@@ -82,7 +83,22 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
     if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
         raise InvalidParams("resources offered must not be negative")
     return await ctx.services.db.write(task_db.claim_tasks, _claimant(ctx), offer,
-                                       _lease(ctx), hostname or "")
+                                       first_lease(ctx), hostname or "")
+
+
+def first_lease(ctx: Context) -> float:
+    """Seconds a new claim lives before the pilot's first call about it.
+
+    A pilot that names itself (``X-IceProd-Pilot``, as the reference pilot does) confirms
+    each claim with ``stillrunning`` at once; until then the claim lives only
+    ``first_contact_seconds``, so a claim whose answer was lost (the server or the link
+    went down while answering) goes back to the queue soon instead of after the whole
+    lease. IceProd 2 pilots, which first call ``stillrunning`` only once a module runs
+    (after their downloads), get the whole lease from the start."""
+    lease = _lease(ctx)
+    if ctx.caller.pilot_ref:
+        return min(ctx.services.config.first_contact_seconds, lease)
+    return lease
 
 
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
@@ -146,8 +162,15 @@ def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.{os.urandom(4).hex()}.log"
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(text)
-    tmp.replace(target)
+    try:
+        tmp.write_bytes(text)
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays
+        if storage_full(e):
+            # the pilot may try again later (the reference pilot keeps the log meanwhile)
+            raise Unavailable("no space left for the log on the server") from e
+        raise
     return str(target.relative_to(root))
 
 

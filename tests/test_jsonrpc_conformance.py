@@ -224,6 +224,8 @@ def test_internal_error_never_leaks_the_traceback(tmp_path: Path, sqlite_url: st
         text = answer.body.decode()
         assert secret not in text and "Traceback" not in text and "RuntimeError" not in text
         assert error["message"] == "Internal error"
+        # the answer names the request, as its X-Request-Id does, so a report can be found
+        assert error["data"]["request_id"] == answer.headers["x-request-id"]
         # the server still answers afterwards
         assert jsonrpc.request(server.url + "/jsonrpc", "echo", [1])["result"] == 1
     # the traceback went to the server's log instead

@@ -8,8 +8,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from iceprod_server.client import RPCError
 from tests.support.datasets import claim, config, submit, wait_counts
 from tests.support.http import fetch
 from tests.support.servers import ServerProcess, start_server
@@ -43,6 +45,9 @@ def test_counters_match_what_was_done(server: Any, db_url: str) -> None:
     before = scrape(srv)
     for i in range(3):
         assert srv.client().call("echo", value=i) == i
+    with pytest.raises(RPCError) as refused:
+        srv.client().call("no_such_method_made_up_by_a_caller")
+    assert refused.value.code == -32601
     dataset_id = submit(user, config(), njobs=4)
     finished = 0
     while finished < 4:
@@ -55,6 +60,15 @@ def test_counters_match_what_was_done(server: Any, db_url: str) -> None:
     after = scrape(srv)
 
     assert value(after, "iceprod_tasks", status="complete") == 4
+    for name, n in (("iceprod_task_claims_total", 4), ("iceprod_task_completions_total", 4)):
+        assert value(after, name) - value(before, name) == n, name
+    assert value(after, "iceprod_rpc_calls_total", rpc_method="echo", outcome="ok") - \
+        value(before, "iceprod_rpc_calls_total", rpc_method="echo", outcome="ok") == 3
+    assert value(after, "iceprod_db_unit_duration_seconds_count", kind="write") > 0
+    # a made-up method name is counted, but never becomes a label of its own
+    assert value(after, "iceprod_rpc_calls_total", rpc_method="(unknown)",
+                 outcome="-32601") == 1
+    assert not any("made_up" in str(labels) for _, labels in after)
     assert value(after, "iceprod_tasks", status="processing") == 0
     # every POST /jsonrpc of this test, and nothing else, went to the JSON-RPC handler
     assert rpc_posts(after) - rpc_posts(before) >= 3 + 1 + 4
@@ -84,6 +98,8 @@ def test_workers_add_up(server: Any, db_url: str, tmp_path: Path) -> None:
             assert srv.client(retries=0).call("echo", value=i) == i
         after = scrape(srv)
         assert rpc_posts(after) - rpc_posts(before) == n
+        assert value(after, "iceprod_rpc_calls_total", rpc_method="echo", outcome="ok") - \
+            value(before, "iceprod_rpc_calls_total", rpc_method="echo", outcome="ok") == n
     finally:
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(60) == 0

@@ -10,6 +10,8 @@ the caller gets :class:`~iceprod_server.errors.Unavailable` (-32005, safe to ret
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import random
 import time
@@ -21,8 +23,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
-from tornado.concurrent import run_on_executor
 
+from iceprod_server import metrics
 from iceprod_server.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
             if time.monotonic() + delay > deadline:
                 log.warning("database busy, giving up after %.1f s: %s", timeout, e.orig)
                 raise Unavailable("database busy, try again", {"detail": str(e.orig)}) from e
+            metrics.DB_RETRIES.inc()
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.5)
         except PoolTimeout as e:
@@ -99,10 +102,13 @@ class Database:
         self.timeout = timeout
         self._ping: asyncio.Future[None] | None = None
 
-    @run_on_executor
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             write: bool) -> Any:
-        return run_unit(self.engine, fn, *args, write=write, timeout=self.timeout, **kwargs)
+             write: bool) -> asyncio.Future[Any]:
+        # in the caller's context, so what the unit logs carries the request's id
+        unit = functools.partial(run_unit, self.engine, fn, *args, write=write,
+                                 timeout=self.timeout, **kwargs)
+        return asyncio.get_running_loop().run_in_executor(
+            self.executor, contextvars.copy_context().run, unit)
 
     async def _bounded(self, fn: Callable[..., Any], args: tuple[Any, ...],
                        kwargs: dict[str, Any], write: bool, timeout: float) -> Any:
@@ -110,13 +116,21 @@ class Database:
         # the caller waits, queueing for a thread included, whatever the database does.
         # A unit still running when it ends finishes (or fails) on its own; the caller
         # was told -32005, which means "safe to retry".
+        started = time.perf_counter()
         try:
             return await asyncio.wait_for(self._run(fn, args, kwargs, write), timeout)
         except TimeoutError as e:
             log.warning("database did not answer %s within %.1f s",
                         getattr(fn, "__name__", "a unit of work"), timeout)
+            metrics.DB_UNAVAILABLE.inc()
             raise Unavailable(f"database did not answer within {timeout:g} s, try again"
                               ) from e
+        except Unavailable:
+            metrics.DB_UNAVAILABLE.inc()
+            raise
+        finally:
+            metrics.DB_UNIT_SECONDS.labels(kind="write" if write else "read").observe(
+                time.perf_counter() - started)
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a unit of work that changes the database."""

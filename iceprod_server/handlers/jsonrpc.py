@@ -21,6 +21,8 @@ class JSONRPCHandler(BaseHandler):
         self.chunks: list[bytes] = []
         self.received = 0
         self.too_large = False
+        # the methods called, for the access log
+        self.rpc_methods: list[str] = []
 
     def check_xsrf_cookie(self) -> None:
         # passkey callers carry no cookie: the token is checked in prepare, and only for
@@ -71,7 +73,8 @@ class JSONRPCHandler(BaseHandler):
             self.caller = caller  # for the access log's role
             return caller
 
-        answer = await self.dispatcher.handle_body(body, authenticate, remote_ip)
+        answer = await self.dispatcher.handle_body(body, authenticate, remote_ip,
+                                                   self.rpc_methods)
         self.set_status(200)
         if answer is None:
             self.finish()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from iceprod_server import errors
+from iceprod_server import errors, log_format, metrics
 from iceprod_server.errors import IceProdError
 from iceprod_server.rpc import jsonclass, values
 from iceprod_server.rpc.context import Caller, Context
@@ -54,8 +54,9 @@ class Dispatcher:
         self.services = services
 
     async def handle_body(self, body: bytes, authenticate: Authenticate,
-                          remote_ip: str = "") -> str | None:
-        """Answer one HTTP body; None means no response body (only notifications)."""
+                          remote_ip: str = "", called: list[str] | None = None) -> str | None:
+        """Answer one HTTP body; None means no response body (only notifications). The
+        names of the methods called are added to ``called`` (for the access log)."""
         try:
             text = body.decode("utf-8")
             payload = jsonclass.loads(text)
@@ -74,20 +75,20 @@ class Dispatcher:
             return _error_text(errors.PARSE_ERROR, "arrays and objects nested deeper than "
                                f"{values.MAX_DEPTH} levels")
         if not isinstance(payload, list):
-            return await self.handle_one(payload, authenticate, remote_ip)
+            return await self.handle_one(payload, authenticate, remote_ip, called)
         answers: list[str] = []
         for start in range(0, len(payload), BATCH_SLICE):
             if start:
                 # let other callers in between slices of a long batch
                 await asyncio.sleep(0)
             results = await asyncio.gather(
-                *(self.handle_one(r, authenticate, remote_ip)
+                *(self.handle_one(r, authenticate, remote_ip, called)
                   for r in payload[start:start + BATCH_SLICE]))
             answers.extend(r for r in results if r is not None)
         return "[" + ",".join(answers) + "]" if answers else None
 
-    async def handle_one(self, req: Any, authenticate: Authenticate,
-                         remote_ip: str) -> str | None:
+    async def handle_one(self, req: Any, authenticate: Authenticate, remote_ip: str,
+                         called: list[str] | None = None) -> str | None:
         """The encoded response to one request object (None for a notification)."""
         req_id = req.get("id") if isinstance(req, dict) else None
         if not _valid_id(req_id):
@@ -126,20 +127,27 @@ class Dispatcher:
         except Exception:
             log.exception("internal error in %s", name)
             outcome = errors.INTERNAL_ERROR
-            response = _response(req_id, error=error_object(errors.INTERNAL_ERROR))
+            response = _response(req_id, error=_internal_error())
         else:
             outcome = 0
             response = _response(req_id, result)
+        seconds = time.monotonic() - started
+        # only registered names become labels: a caller cannot make up new time series
+        label = name if name in REGISTRY else "(unknown)"
+        metrics.RPC_CALLS.labels(rpc_method=label,
+                                 outcome=metrics.rpc_outcome(outcome or None)).inc()
+        metrics.RPC_SECONDS.labels(rpc_method=label).observe(seconds)
+        if called is not None:
+            called.append(label)
         log.debug("rpc %s role=%s outcome=%s %.1fms", name, caller.role if caller else "?",
-                  outcome, (time.monotonic() - started) * 1000)
+                  outcome, seconds * 1000)
         if notification:
             return None
         try:
             return jsonclass.dumps(response)
         except (TypeError, ValueError, RecursionError):
             log.exception("cannot encode the result of %s", name)
-            return jsonclass.dumps(_response(req_id, error=error_object(
-                errors.INTERNAL_ERROR)))
+            return jsonclass.dumps(_response(req_id, error=_internal_error()))
 
     async def call(self, name: str, params: list[Any] | dict[str, Any], caller: Caller,
                    remote_ip: str = "") -> Any:
@@ -155,6 +163,13 @@ class Dispatcher:
         kwargs = bind(method, params)
         ctx = Context(caller=caller, services=self.services, remote_ip=remote_ip)
         return await method.func(ctx, **kwargs)
+
+
+def _internal_error() -> dict[str, Any]:
+    """-32603, with the request's id: the log has the traceback under that id."""
+    request_id = log_format.REQUEST_ID.get()
+    return error_object(errors.INTERNAL_ERROR,
+                        data={"request_id": request_id} if request_id else None)
 
 
 def _error_text(code: int, reason: str) -> str:

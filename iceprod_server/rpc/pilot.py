@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from iceprod_server import metrics
 from iceprod_server.db import tasks as task_db
 from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
 from iceprod_server.files.storage import storage_full
@@ -82,8 +83,10 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
         time=float(time if time is not None else 24.0), os=os or None)
     if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
         raise InvalidParams("resources offered must not be negative")
-    return await ctx.services.db.write(task_db.claim_tasks, _claimant(ctx), offer,
-                                       first_lease(ctx), hostname or "")
+    claimed: list[dict[str, Any]] = await ctx.services.db.write(
+        task_db.claim_tasks, _claimant(ctx), offer, first_lease(ctx), hostname or "")
+    metrics.CLAIMS.inc(len(claimed))
+    return claimed
 
 
 def first_lease(ctx: Context) -> float:
@@ -126,6 +129,7 @@ async def finish_task(ctx: Context, task_id: Id, stats: dict[str, Any] | None = 
     result = await ctx.services.db.write(task_db.finish_task, task_id, _claimant(ctx),
                                          stats or {}, attempt)
     if not result["repeated"]:
+        metrics.COMPLETIONS.inc()
         ctx.services.wake_scheduler()  # the job's next task may now be released
     return result
 
@@ -142,6 +146,7 @@ async def task_error(ctx: Context, task_id: Id, error_info: dict[str, Any] | Non
     result = await ctx.services.db.write(task_db.task_error, task_id, _claimant(ctx),
                                          error_info or {}, ctx.services.config.max_resets,
                                          attempt, _backoff(ctx))
+    metrics.FAILURES.inc()
     ctx.services.wake_scheduler()
     return result
 

@@ -62,8 +62,25 @@ class Config:
     # address of the reverse proxy whose X-Real-IP / client-certificate headers are trusted
     trusted_proxy: str = ""
     log_level: str = "INFO"
-    # identifies this server among peer sites; part of every id it generates
+    # identifies this server among peer sites; at a client site, the id the master gave
+    # it ([site] id, written by ``iceprod-server join``)
     site_id: str = ""
+    # -- federation ([site] table; docs/federation.md) ----------------------------------
+    # at a client site: the master's URL and this site's key there (written by join);
+    # empty: this server is a master, or stands alone
+    site_master: str = ""
+    site_key: str = ""
+    # ask the master for work when fewer than this many pulled tasks are queued here
+    site_threshold: int = 20
+    # how many tasks to ask for at a time
+    site_pull: int = 50
+    # seconds between rounds of the link (pull, push, and changes from the master)
+    site_interval: float = 1.0
+    # changes per master_update call
+    site_push_batch: int = 500
+    # at the master: seconds a site may stay silent before the tasks it holds are
+    # reclaimed and handed to others
+    site_lease_seconds: float = 600.0
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
     cookie_secret: str = ""
     # -- files: downloads and uploads under <data_dir>/files ([files] table) ------------
@@ -170,8 +187,9 @@ def _coerce(name: str, value: Any, kind: Any, source: str) -> Any:
     raise ConfigError(f"{source}: option {name!r} must be {kind.__name__}, got {value!r}")
 
 
-# tables whose keys are named after them: [proxy] allow is option proxy_allow
-PREFIXED_TABLES = ("files", "proxy", "gsiftp")
+# tables whose keys are named after them: [proxy] allow is option proxy_allow, [site] id
+# is option site_id
+PREFIXED_TABLES = ("files", "proxy", "gsiftp", "site")
 
 
 def flatten(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,7 +260,13 @@ def _validate(config: Config) -> None:
     for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):
+    for name in ("site_threshold", "site_pull", "site_push_batch"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.site_master and not (config.site_id and config.site_key):
+        raise ConfigError("[site] master needs id and key too: run `iceprod-server join`")
+    for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout",
+                 "site_interval", "site_lease_seconds"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.cookie_secure not in ("auto", "always", "never"):

@@ -12,6 +12,7 @@ import tornado.httpserver
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
 from iceprod_server.db.migrate import check_schema
+from iceprod_server.federation import link
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
 
@@ -35,6 +36,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         scheduler.start()
+        site_link = None
+        if config.site_master:
+            site_link = link.SiteLink(services)
+            link.current = site_link
+            site_link.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -51,6 +57,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         log.info("shutting down")
         server.stop()
         await scheduler.stop()
+        if site_link is not None:
+            await site_link.stop()
         await asyncio.wait_for(server.close_all_connections(), timeout=10)
     finally:
         await services.aclose()

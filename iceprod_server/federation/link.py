@@ -135,9 +135,14 @@ class SiteLink:
         while True:
             changes = await db.write(sync_client.take_outbox, batch, self.clock,
                                      str(self.config.path()))
-            self.backlog = await db.read(sync_client.outbox_size)
+            backlog = await db.read(sync_client.outbox_size)
             if not changes:
+                if self.backlog:
+                    # tell the master the backlog is gone (its admin page shows it)
+                    await self.call("master_update", changes=[], backlog=0)
+                self.backlog = 0
                 return
+            self.backlog = backlog
             sent = [{k: v for k, v in c.items() if k != "outbox_ids"} for c in changes]
             answer = await self.call("master_update", changes=sent, backlog=self.backlog)
             if answer.get("version"):
@@ -157,7 +162,6 @@ class SiteLink:
                 self.taken_back += await db.write(sync_client.take_back, refused_tasks)
             self.pushed += len(changes)
             if len(done) < batch:
-                self.backlog = await db.read(sync_client.outbox_size)
                 return
 
     async def down(self) -> None:

@@ -39,11 +39,14 @@ def add_site(master: Deployment, name: str) -> tuple[str, str]:
     return values["site_id"], values["site_key"]
 
 
-def make_site(master: ServerProcess, name: str, data_dir: Path, db_url: str) -> Site:
-    """Register ``name`` at the master, init its data directory and join."""
+def make_site(master: ServerProcess, name: str, data_dir: Path, db_url: str,
+              master_url: str | None = None) -> Site:
+    """Register ``name`` at the master, init its data directory and join (through
+    ``master_url``, by default the master's own)."""
     site_id, key = add_site(master.deployment, name)
     deployment = Deployment.init(data_dir, db_url)
-    deployment.cli("join", "--master", master.url, "--site-id", site_id, "--key", key)
+    deployment.cli("join", "--master", master_url or master.url, "--site-id", site_id,
+                   "--key", key)
     return Site(name, site_id, key, deployment)
 
 
@@ -79,8 +82,8 @@ def stop_site(site: Site) -> None:
         site.server.stop()
 
 
-def quick_config(*names: str, stdout: str = "done") -> dict[str, Any]:
-    """Tasks that print ``stdout`` and end at once, each after the one before it."""
+def quick_config(*names: str, stdout: str = "done", seconds: float = 0.0) -> dict[str, Any]:
+    """Tasks that print ``stdout`` and end after ``seconds``, each after the one before."""
     from tests.support.datasets import config, module, task
 
     tasks = []
@@ -88,5 +91,87 @@ def quick_config(*names: str, stdout: str = "done") -> dict[str, Any]:
         tasks.append(task(name, depends=[names[i - 1]] if i else [],
                           requirements={"cpu": 1, "memory": 0.5, "disk": 0.1, "time": 0.1},
                           modules=[module(name, "python3",
-                                          ["-c", f"print('{stdout} ' + '{name}')"])]))
+                                          ["-c", f"import time; time.sleep({seconds}); "
+                                           f"print('{stdout} ' + '{name}')"])]))
     return config(*tasks)
+
+
+class Cable:
+    """A TCP forwarder on 127.0.0.1 between a client site and its master that a test can
+    cut (every connection through it is closed and new ones are refused) and mend."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                cut = self._cut
+            if cut:
+                conn.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), 5)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._open += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        with self._lock:
+            self._cut = True
+            conns, self._open = self._open, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            except OSError:
+                pass
+
+    def mend(self) -> None:
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()

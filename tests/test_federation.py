@@ -30,6 +30,7 @@ from tests.support.federation import (
     start_site,
     stop_site,
 )
+from tests.support.http import BrowserSession, fetch
 from tests.support.servers import Deployment, ServerProcess, start_server
 
 
@@ -123,6 +124,18 @@ def test_two_sites_complete_a_dataset_exactly_once_with_logs(
         assert status[site.name]["applied"] > 0, status
         assert status[site.name]["refused"] == 0, status
         assert status[site.name]["tasks_held"] == 0, status
+
+    # the master's admin page lists the sites' links; each client's overview its own
+    page = BrowserSession(fed.master.port, "admin1").request("GET", "/admin")
+    assert page.status == 200
+    links = page.body.decode().split('id="admin-site-links"', 1)[1]
+    for site in fed.sites:
+        assert f'data-site="{site.site_id}"' in links and site.name in links
+    for site in fed.sites:
+        assert site.server is not None
+        overview = fetch(site.server.port, "GET", "/").body.decode()
+        assert "Link to the master" in overview and fed.master.url in overview
+        assert '<span data-field="connected">connected</span>' in overview
 
 
 def test_master_away_clients_keep_running_and_converge(federation: MakeFederation) -> None:

@@ -1,6 +1,7 @@
-"""A client site's link to its master: one coroutine that, every ``site_interval``
-seconds, pushes the outbox (``master_update``), applies what changed at the master
-(``master_get_tables``) and pulls work when the local queue runs low (``queue_master``).
+"""A client site's link to its master, three coroutines: the sender pushes the outbox
+(``master_update``) and the down-sync applies what changed at the master
+(``master_get_tables``), each every ``site_interval`` seconds; the puller checks the local
+queue every quarter second and asks for work (``queue_master``) when it runs low.
 
 Nothing lives only in memory: changes wait in the outbox table until the master
 acknowledged them, so a restart or a master that is away loses nothing; while the master
@@ -14,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.httpclient
@@ -25,6 +27,10 @@ from iceprod_server.services import Services
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+PULLS_PER_ROUND = 5
+MAX_PULL = 1000  # what queue_master hands out at most
+# seconds between checks of the local queue (at most site_interval)
+PULL_CHECK = 0.25
 DOWN_TABLES = ["tasks", "datasets", "dataset_configs"]
 
 
@@ -39,8 +45,9 @@ class SiteLink:
         self.clock = HybridClock(self.config.site_id)
         self.http = tornado.httpclient.AsyncHTTPClient()
         self.cursor: float | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._clock_lock = asyncio.Lock()
+        self._loaded = False
         # what the overview page shows
         self.last_contact: float | None = None
         self.last_error = ""
@@ -50,19 +57,24 @@ class SiteLink:
     # -- life ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="site-link")
-
-    def wake(self) -> None:
-        self._wake.set()
+        interval = self.config.site_interval
+        self._tasks = [
+            asyncio.create_task(self._every(self.push, interval), name="site-sender"),
+            asyncio.create_task(self._every(self.down, interval), name="site-down"),
+            # the local queue is checked often (a cheap count): pilots must not wait
+            asyncio.create_task(self._every(self.pull, min(interval, PULL_CHECK)),
+                                name="site-puller"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        self._tasks = []
 
     def status(self) -> dict[str, Any]:
         return {"master": self.config.site_master, "site_id": self.config.site_id,
@@ -71,41 +83,38 @@ class SiteLink:
                 "pulled": self.pulled, "pushed": self.pushed, "refused": self.refused,
                 "taken_back": self.taken_back}
 
-    async def _loop(self) -> None:
-        db = self.services.db
-        backoff = self.config.site_interval
-        loaded = False
+    async def _every(self, step: Callable[[], Awaitable[None]], interval: float) -> None:
+        """Run ``step`` every ``interval`` seconds, backing off (up to MAX_BACKOFF) while
+        the master cannot be reached."""
+        await self._clock_loaded()
+        delay = interval
         while True:
             try:
-                if not loaded:
-                    await db.read(sync_client.load_clock, self.clock)
-                    loaded = True
-                await self.round()
+                await step()
                 self.last_error = ""
-                backoff = self.config.site_interval
-                delay = self.config.site_interval
+                delay = interval
             except LinkDown as e:
                 if not self.last_error:
                     log.warning("master unreachable: %s", e)
                 self.last_error = str(e)
-                backoff = min(MAX_BACKOFF, backoff * 2)
-                delay = backoff
+                delay = min(MAX_BACKOFF, max(delay, interval) * 2)
             except Exception as e:
-                log.exception("site link round failed")
+                log.exception("site link step %s failed", getattr(step, "__name__", step))
                 self.last_error = f"{type(e).__name__}: {e}"
-                delay = backoff = min(MAX_BACKOFF, backoff * 2)
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+                delay = min(MAX_BACKOFF, max(delay, interval) * 2)
+            await asyncio.sleep(delay)
 
-    # -- one round ------------------------------------------------------------------------
+    async def _clock_loaded(self) -> None:
+        async with self._clock_lock:
+            while not self._loaded:
+                try:
+                    await self.services.db.read(sync_client.load_clock, self.clock)
+                    self._loaded = True
+                except Exception:
+                    log.exception("cannot read the site clock; retrying")
+                    await asyncio.sleep(self.config.site_interval)
 
-    async def round(self) -> None:
-        await self.push()
-        await self.down()
-        await self.pull()
+    # -- the steps ------------------------------------------------------------------------
 
     async def call(self, method: str, **params: Any) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
@@ -173,17 +182,24 @@ class SiteLink:
         self.cursor = answer["cursor"]
 
     async def pull(self) -> None:
+        """Ask for work while fewer than ``site_threshold`` pulled tasks wait here (a few
+        calls per check at most)."""
         db = self.services.db
-        waiting = await db.read(sync_client.unfinished_pulled)
-        if waiting >= self.config.site_threshold:
-            return
-        payload = await self.call("queue_master", resources={}, num=self.config.site_pull)
-        if payload.get("version"):
-            self.clock.observe(payload["version"])
-        if payload.get("tasks"):
+        for _ in range(PULLS_PER_ROUND):
+            waiting = await db.read(sync_client.unfinished_pulled)
+            if waiting >= self.config.site_threshold:
+                return
+            payload = await self.call("queue_master", resources={}, num=min(
+                MAX_PULL, max(self.config.site_pull, self.config.site_threshold - waiting)))
+            if payload.get("version"):
+                self.clock.observe(payload["version"])
+            if not payload.get("tasks"):
+                return
             n = await db.write(sync_client.merge_work, payload)
             self.pulled += n
             log.info("pulled %d tasks from the master", n)
+            if n < self.config.site_pull:
+                return
 
 
 # the link of this process, when it is a client site (the overview page shows it)

@@ -134,11 +134,15 @@ def _payload(s: Session, held: list[Task], version: str) -> dict[str, Any]:
                          "name": d.name, "requirements": d.requirements}
                         for d in s.scalars(select(TaskDef)
                                            .where(TaskDef.dataset_id.in_(dataset_ids)))]
+    # dependencies inside the dataset only: a task is handed out once all its
+    # dependencies are complete, and the other datasets' tasks stay at the master (with
+    # them, a client could never release a task it runs again after a local failure)
     out["task_def_deps"] = [{"dataset_id": d.dataset_id, "task_index": d.task_index,
                              "dep_dataset_id": d.dep_dataset_id,
                              "dep_task_index": d.dep_task_index}
-                            for d in s.scalars(select(TaskDefDep)
-                                               .where(TaskDefDep.dataset_id.in_(dataset_ids)))]
+                            for d in s.scalars(select(TaskDefDep).where(
+                                TaskDefDep.dataset_id.in_(dataset_ids),
+                                TaskDefDep.dep_dataset_id == TaskDefDep.dataset_id))]
     return out
 
 

@@ -63,8 +63,11 @@ def touch(s: Session, site_id: str, now: float, lease_seconds: float,
     if not changed(s, update(SiteState).where(SiteState.site_id == site_id).values(**values)):
         s.execute(insert(SiteState).values(site_id=site_id, refused=0, applied=0,
                                            outbox_backlog=backlog or 0, last_contact=now))
+    # only leases past their middle are renewed: a site calling every second does not
+    # rewrite every row it holds every second
     s.execute(update(Task).where(Task.site_id == site_id, Task.status == "processing",
-                                 Task.claimed_by == holder(site_id))
+                                 Task.claimed_by == holder(site_id),
+                                 Task.lease_expires < now + lease_seconds / 2)
               .values(lease_expires=now + lease_seconds))
 
 

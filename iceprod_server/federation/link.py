@@ -26,7 +26,7 @@ from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 10.0
 PULLS_PER_ROUND = 5
 MAX_PULL = 1000  # what queue_master hands out at most
 # seconds between checks of the local queue (at most site_interval)

@@ -133,31 +133,50 @@ def _check_shape(change: Any, site_id: str) -> tuple[str, str, str, int, dict[st
     return str(table), key, task_id, attempt, columns, version
 
 
-def _apply_one(s: Session, site_id: str, change: Any, now: float) -> str:
+class _Batch:
+    """The rows a batch touches, read once: its tasks and the origins already stored."""
+
+    def __init__(self, s: Session, changes: list[Any]) -> None:
+        task_ids = {c.get("task_id") or c.get("key") for c in changes if isinstance(c, dict)}
+        ids = [i for i in task_ids if isinstance(i, str) and 0 < len(i) <= 32]
+        self.tasks: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            for r in s.execute(select(Task.task_id, Task.dataset_id, Task.status,
+                                      Task.attempt, Task.claimed_by, Task.version)
+                               .where(Task.task_id.in_(ids[start:start + 500]))):
+                self.tasks[r.task_id] = dict(r._mapping)
+        self.origins: set[str] = set()
+        for model in (TaskStat, TaskLog):
+            for start in range(0, len(ids), 500):
+                self.origins.update(o for o in s.scalars(select(model.origin).where(
+                    model.task_id.in_(ids[start:start + 500]), model.origin.is_not(None)))
+                    if o)
+        self.inserts: dict[Any, list[dict[str, Any]]] = {TaskStat: [], TaskLog: []}
+
+
+def _apply_one(s: Session, batch: _Batch, site_id: str, change: Any, now: float) -> str:
     table, key, task_id, attempt, columns, version = _check_shape(change, site_id)
     values = (_task_values if table == "tasks" else
               _stat_values if table == "task_stats" else _log_values)(columns)
-    task = s.execute(select(Task.task_id, Task.dataset_id, Task.status, Task.attempt,
-                            Task.claimed_by, Task.version)
-                     .where(Task.task_id == task_id)).first()
+    task = batch.tasks.get(task_id)
     if task is None:
         raise Refused(f"no task {task_id}")
-    if task.claimed_by != holder(site_id) or task.attempt != attempt:
+    if task["claimed_by"] != holder(site_id) or task["attempt"] != attempt:
         raise Refused(f"task {task_id} attempt {attempt} is not held by this site")
     if table != "tasks":
         origin = f"{site_id}:{table}:{key}"
-        model = TaskStat if table == "task_stats" else TaskLog
-        if s.scalar(select(model.task_id).where(model.origin == origin)) is not None:
+        if origin in batch.origins:
             return "duplicate"
-        if model is TaskStat:
-            values["dataset_id"] = task.dataset_id
-        s.execute(insert(model).values(task_id=task_id, attempt=attempt, origin=origin,
-                                       **values))
+        batch.origins.add(origin)
+        if table == "task_stats":
+            values["dataset_id"] = task["dataset_id"]
+        batch.inserts[TaskStat if table == "task_stats" else TaskLog].append(
+            {"task_id": task_id, "attempt": attempt, "origin": origin, **values})
         return "applied"
-    if task.version is not None and version <= task.version:
-        return "duplicate" if version == task.version else "stale"
-    if task.status != "processing":
-        raise Refused(f"task {task_id} is {task.status} at the master")
+    if task["version"] is not None and version <= task["version"]:
+        return "duplicate" if version == task["version"] else "stale"
+    if task["status"] != "processing":
+        raise Refused(f"task {task_id} is {task['status']} at the master")
     status = values.pop("status", None)
     if status in FINAL:
         values.update(status=status, status_changed=now, lease_expires=None)
@@ -167,6 +186,8 @@ def _apply_one(s: Session, site_id: str, change: Any, now: float) -> str:
         .values(version=version, **values))
     if rows != 1:
         raise Refused(f"task {task_id} changed at the master meanwhile")
+    task["version"] = version
+    task["status"] = values.get("status", task["status"])
     return "applied"
 
 
@@ -179,11 +200,12 @@ def apply_changes(s: Session, site_id: str, changes: list[Any], now: float,
     refusals: list[dict[str, Any]] = []
     applied = completed = 0
     newest: str | None = None
+    batch = _Batch(s, changes if len(changes) <= MAX_BATCH else [])
     for i, change in enumerate(changes):
         try:
             if len(changes) > MAX_BATCH:
                 raise Refused(f"a batch holds at most {MAX_BATCH} changes, got {len(changes)}")
-            outcome = _apply_one(s, site_id, change, now)
+            outcome = _apply_one(s, batch, site_id, change, now)
         except Refused as e:
             reason = str(e)[:255]
             results.append({"ok": False, "error": reason})
@@ -200,8 +222,11 @@ def apply_changes(s: Session, site_id: str, changes: list[Any], now: float,
             newest = version if newest is None or version > newest else newest
             if change["table"] == "tasks" and change["columns"].get("status") in FINAL:
                 completed += 1
+    for model, rows in batch.inserts.items():
+        if rows:
+            s.execute(insert(model), rows)
     if refusals:
-        # a huge batch is recorded once, not once per change
+        # the first 100 refusals of a batch are recorded one by one; the count has them all
         s.execute(insert(SiteRefusal), refusals[:100])
     stats: dict[str, Any] = {"applied": SiteState.applied + applied,
                              "refused": SiteState.refused + len(refusals)}

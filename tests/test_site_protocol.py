@@ -169,12 +169,23 @@ def test_taken_back_tasks_and_dataset_edits_come_down(server: Any, db_url: str) 
     held = {t["task_id"]: t["held"] for t in first["tasks"]}
     assert held == {t["task_id"]: True for t in handed["tasks"]}
     user.call("set_dataset_priority", dataset_id=dataset_id, priority=7)
+    edited = quick_config("a", stdout="edited")
+    user.call("update_dataset_config", dataset_id=dataset_id, config=edited,
+              description="edited")
     user.call("suspend_tasks", task_ids=[handed["tasks"][0]["task_id"]])
-    down = site_a.call("master_get_tables", tables=["tasks", "datasets"],
+    down = site_a.call("master_get_tables", tables=["tasks", "datasets", "dataset_configs"],
                        since=first["cursor"])
     held = {t["task_id"]: t["held"] for t in down["tasks"]}
     assert held[handed["tasks"][0]["task_id"]] is False
+    assert held.get(handed["tasks"][1]["task_id"], True) is True
     assert [d["priority"] for d in down["datasets"]] == [7]
+    assert [c["dataset_id"] for c in down["dataset_configs"]] == [dataset_id]
+    assert "print('edited '" in down["dataset_configs"][0]["config"]
+    # a reset at the master takes a task back as well
+    user.call("reset_tasks", task_ids=[handed["tasks"][1]["task_id"]])
+    down = site_a.call("master_get_tables", tables=["tasks"], since=down["cursor"])
+    held = {t["task_id"]: t["held"] for t in down["tasks"]}
+    assert held[handed["tasks"][1]["task_id"]] is False
     expect_error(-32602, site_a.call, "master_get_tables", tables=["users"], since=None)
 
 

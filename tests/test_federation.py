@@ -229,3 +229,33 @@ def test_suspending_a_dataset_stops_work_at_a_client_within_5_s(
     assert time.monotonic() - started <= 5.0
     master = fed.master.client()
     assert not {"queued", "processing"} & set(counts(master, dataset_id))
+
+
+def test_a_local_failure_is_retried_at_the_client_and_counted_at_the_master(
+        federation: MakeFederation) -> None:
+    from tests.support.datasets import config, module, task
+
+    fed = federation()
+    site = fed.sites[0]
+    marker = fed.tmp / "failed-once"
+    # fails on its first run, succeeds on the next
+    flaky = ("import os, sys; p = sys.argv[1]\n"
+             "if not os.path.exists(p):\n    open(p, 'w').close(); sys.exit(3)\n"
+             "print('second time lucky')")
+    cfg = config(task("flaky", requirements={"cpu": 1, "memory": 0.5, "disk": 0.1,
+                                             "time": 0.1},
+                      modules=[module("flaky", "python3", ["-c", flaky, str(marker)])]))
+    dataset_id = submit(fed.user, cfg, njobs=1)
+    start_site(site, fed.tmp / "logs")
+    start_pilots(site, 1, fed.tmp / "pilots")
+    master = fed.master.client()
+    wait_until("the task complete at the master",
+               lambda: counts(master, dataset_id) == {"complete": 1}, timeout=60)
+    task_id = master.call("public_get_tasks", dataset_id=dataset_id)["items"][0]["task_id"]
+    detail = wait_until("both attempts at the master", lambda: (
+        d if len((d := master.call("public_get_task", task_id=task_id))["attempts"]) == 2
+        else None))
+    # one failed run and one good one, both from the client, under the one hand-out
+    assert [a["error"] for a in detail["attempts"]] == [True, False], detail["attempts"]
+    assert detail["failures"] == 1
+    assert fed.status()["site-a"]["refused"] == 0

@@ -16,7 +16,7 @@ import logging
 import math
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import SiteRefusal, SiteState, Task, TaskLog, TaskStat
@@ -27,6 +27,8 @@ from iceprod_server.federation import hlc
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+# seconds refusal records are kept (the counts stay)
+REFUSALS_KEPT = 7 * 86400.0
 FINAL = ("complete", "failed", "suspended")
 # what a site may report of a task: the columns a pilot's outcome sets
 SITE_STATUSES = ("queued", "waiting", "idle", "processing", "reset", *FINAL)
@@ -228,6 +230,8 @@ def apply_changes(s: Session, site_id: str, changes: list[Any], now: float,
     if refusals:
         # the first 100 refusals of a batch are recorded one by one; the count has them all
         s.execute(insert(SiteRefusal), refusals[:100])
+        s.execute(delete(SiteRefusal).where(SiteRefusal.site_id == site_id,
+                                            SiteRefusal.created < now - REFUSALS_KEPT))
     stats: dict[str, Any] = {"applied": SiteState.applied + applied,
                              "refused": SiteState.refused + len(refusals)}
     if newest is not None:

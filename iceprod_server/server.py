@@ -6,11 +6,13 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 
 import tornado.httpserver
 
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
+from iceprod_server.db import sync_master
 from iceprod_server.db.migrate import check_schema
 from iceprod_server.federation import link
 from iceprod_server.scheduler import Scheduler
@@ -33,6 +35,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             app,
             max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024))
         server.listen(config.port, address=config.host)
+        if not config.site_master:
+            # a master (or a server on its own): leases of sites' tasks run from now
+            await services.db.write(sync_master.renew_after_start, time.time(),
+                                    config.site_lease_seconds)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         scheduler.start()

@@ -139,7 +139,10 @@ def test_two_sites_complete_a_dataset_exactly_once_with_logs(
 
 
 def test_master_away_clients_keep_running_and_converge(federation: MakeFederation) -> None:
-    fed = federation(lease=300)
+    # the master stays away longer than a site's lease: its sites could not call, so it
+    # must not reclaim their tasks when it returns
+    lease = 5.0
+    fed = federation(lease=lease)
     njobs = 16
     dataset_id = submit(fed.user, quick_config("work", seconds=0.5), njobs=njobs)
     for site in fed.sites:
@@ -149,12 +152,15 @@ def test_master_away_clients_keep_running_and_converge(federation: MakeFederatio
     wait_until("both sites to hold work", lambda: all(
         s["tasks_held"] > 0 for s in fed.status().values()), timeout=30)
     fed.master.stop()
+    stopped = time.monotonic()
     # the clients go on with what they hold and queue what they report
     local = [site.server.client() for site in fed.sites if site.server]
     before = [counts(c, dataset_id).get("complete", 0) for c in local]
     wait_until("the clients to complete more tasks while the master is away", lambda: sum(
         counts(c, dataset_id).get("complete", 0) for c in local) >= sum(before) + 2,
         timeout=30)
+    wait_until("the outage to outlast the lease",
+               lambda: time.monotonic() - stopped > lease + 2, timeout=lease + 5)
     fed.restart_master()
     master = fed.master.client()
     wait_until("every task complete at the master after its return",

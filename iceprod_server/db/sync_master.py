@@ -71,6 +71,15 @@ def touch(s: Session, site_id: str, now: float, lease_seconds: float,
               .values(lease_expires=now + lease_seconds))
 
 
+def renew_after_start(s: Session, now: float, lease_seconds: float) -> int:
+    """At the master's start: every task a site holds gets a full lease from now. While
+    the master was down its sites could not call; their leases must not run out for
+    that."""
+    return changed(s, update(Task).where(
+        Task.status == "processing", Task.claimed_by.like("site:%"),
+        Task.lease_expires < now + lease_seconds).values(lease_expires=now + lease_seconds))
+
+
 def _limit(resources: dict[str, Any], name: str, default: float) -> float:
     value = resources.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

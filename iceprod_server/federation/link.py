@@ -84,10 +84,12 @@ class SiteLink:
                 "taken_back": self.taken_back}
 
     async def _every(self, step: Callable[[], Awaitable[None]], interval: float) -> None:
-        """Run ``step`` every ``interval`` seconds, backing off (up to MAX_BACKOFF) while
-        the master cannot be reached."""
+        """Run ``step`` every ``interval`` seconds, backing off (doubling, up to ten
+        intervals and at most MAX_BACKOFF) while the master cannot be reached."""
         await self._clock_loaded()
         delay = interval
+        # a returning master is noticed within ten intervals (and MAX_BACKOFF)
+        longest = min(MAX_BACKOFF, 10 * self.config.site_interval)
         while True:
             try:
                 await step()
@@ -97,11 +99,11 @@ class SiteLink:
                 if not self.last_error:
                     log.warning("master unreachable: %s", e)
                 self.last_error = str(e)
-                delay = min(MAX_BACKOFF, max(delay, interval) * 2)
+                delay = min(longest, max(delay, interval) * 2)
             except Exception as e:
                 log.exception("site link step %s failed", getattr(step, "__name__", step))
                 self.last_error = f"{type(e).__name__}: {e}"
-                delay = min(MAX_BACKOFF, max(delay, interval) * 2)
+                delay = min(longest, max(delay, interval) * 2)
             await asyncio.sleep(delay)
 
     async def _clock_loaded(self) -> None:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench [--quick] [--only echo,pilot,count,pages,files,gridftp]
+    python -m bench [--quick] [--only echo,pilot,count,pages,files,gridftp,federation]
                     [--db sqlite,mariadb]
 """
 
@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import count, echo, files, gridftp, pages, pilot, report
+from bench import count, echo, federation, files, gridftp, pages, pilot, report
 from bench.backends import BACKENDS, mariadb_available
 from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
 
-BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp")
+BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp", "federation")
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the IceProd server: echo vs a bare Tornado handler, the "
         "pilot cycle at two queue lengths, task counts on a million-task dataset, the "
         "pages' render times with a million tasks, the file proxy (1 GB, cold and cached) "
-        "vs a direct download, and the GridFTP library backend vs globus-url-copy. "
+        "vs a direct download, the GridFTP library backend vs globus-url-copy, and work "
+        "through a client site vs at the master directly. "
         "Figures are printed as tables with ratios to baselines measured in the same run, "
         "and saved under bench/results/.")
     parser.add_argument("--quick", action="store_true",
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHMARKS), metavar="LIST",
                         type=lambda t: _names(t, BENCHMARKS, "benchmark"),
                         help="benchmarks to run, comma-separated (default: all: "
-                             "echo,pilot,count,pages,files,gridftp)")
+                             "echo,pilot,count,pages,files,gridftp,federation)")
     parser.add_argument("--db", default=None, metavar="LIST",
                         type=lambda t: _names(t, BACKENDS, "database"),
                         help="databases for the pilot, count and pages benchmarks "
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                 lambda c: files.run(c, files.QUICK if args.quick else files.Settings())),
             "gridftp": lambda: _with_cleanup(
                 lambda c: gridftp.run(c, gridftp.QUICK if args.quick else gridftp.Settings())),
+            "federation": lambda: _with_cleanup(
+                lambda c: federation.run(c, federation.QUICK if args.quick
+                                         else federation.Settings())),
         }
         for name in BENCHMARKS:
             if name in args.only:
@@ -162,6 +166,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             f"{name} {report.fmt(f['peak_rss_mb'])}" for name, f in t.items()))
     if "gridftp" in b:
         lines += gridftp.summary_lines(b["gridftp"])
+    if "federation" in b:
+        lines += federation.summary_lines(b["federation"])
     return lines
 
 

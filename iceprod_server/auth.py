@@ -58,10 +58,16 @@ class Authenticator:
         started = time.monotonic()
         found = await self.db.read(users.lookup_passkey, token)
         if found is None:
-            return None
-        caller = Caller(role=found["role"], key_id=found["key_id"], user_id=found["user_id"],
-                        username=found["username"], site_id=found["site_id"],
-                        expires=found["expires"], lease_seconds=found["lease_seconds"])
+            # a peer site sends its site key the same way
+            site = await self.db.read(users.lookup_site_key, token)
+            if site is None:
+                return None
+            caller = Caller(role="site", site_id=site["site_id"])
+        else:
+            caller = Caller(role=found["role"], key_id=found["key_id"],
+                            user_id=found["user_id"], username=found["username"],
+                            site_id=found["site_id"], expires=found["expires"],
+                            lease_seconds=found["lease_seconds"])
         if len(self._cache) > 10000:
             self._cache.clear()
         self._cache[token] = (started, caller)
@@ -72,6 +78,14 @@ class Authenticator:
         found = await self.db.read(users.lookup_site, site_id, token, cert_dn)
         if found is None:
             raise NotAuthenticated("invalid site credentials")
+        return Caller(role="site", site_id=found["site_id"], username=None)
+
+    async def from_site_dn(self, cert_dn: str) -> Caller | None:
+        """The site whose client certificate nginx verified (the DN it passed on), or None
+        when no site is registered with it."""
+        found = await self.db.read(users.lookup_site_dn, cert_dn)
+        if found is None:
+            return None
         return Caller(role="site", site_id=found["site_id"], username=None)
 
     async def from_session(self, token: str) -> Caller | None:

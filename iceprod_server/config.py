@@ -87,8 +87,25 @@ class Config:
     processes: int = 1
     # addresses or networks that may read /metrics without logging in (admins always may)
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
-    # identifies this server among peer sites; part of every id it generates
+    # identifies this server among peer sites; at a client site, the id the master gave
+    # it ([site] id, written by ``iceprod-server join``)
     site_id: str = ""
+    # -- federation ([site] table; docs/federation.md) ----------------------------------
+    # at a client site: the master's URL and this site's key there (written by join);
+    # empty: this server is a master, or stands alone
+    site_master: str = ""
+    site_key: str = ""
+    # ask the master for work when fewer than this many pulled tasks are queued here
+    site_threshold: int = 20
+    # how many tasks to ask for at a time
+    site_pull: int = 50
+    # seconds between rounds of the link (pull, push, and changes from the master)
+    site_interval: float = 1.0
+    # changes per master_update call
+    site_push_batch: int = 500
+    # at the master: seconds a site may stay silent before the tasks it holds are
+    # reclaimed and handed to others
+    site_lease_seconds: float = 600.0
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
     cookie_secret: str = ""
     # -- files: downloads and uploads under <data_dir>/files ([files] table) ------------
@@ -195,8 +212,9 @@ def _coerce(name: str, value: Any, kind: Any, source: str) -> Any:
     raise ConfigError(f"{source}: option {name!r} must be {kind.__name__}, got {value!r}")
 
 
-# tables whose keys are named after them: [proxy] allow is option proxy_allow
-PREFIXED_TABLES = ("files", "proxy", "gsiftp")
+# tables whose keys are named after them: [proxy] allow is option proxy_allow, [site] id
+# is option site_id
+PREFIXED_TABLES = ("files", "proxy", "gsiftp", "site")
 
 
 def flatten(table: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ import tornado.httpserver
 from iceprod_server import metrics
 from iceprod_server.app import make_app
 from iceprod_server.config import Config
+from iceprod_server.db import sync_master
 from iceprod_server.db.migrate import check_schema
+from iceprod_server.federation import link
 from iceprod_server.httpguard import http_server
 from iceprod_server.reload import reload_config
 from iceprod_server.scheduler import Scheduler
@@ -41,10 +43,19 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
             server.listen(config.port, address=config.host)
         else:
             server.add_sockets(sockets)
+        if not config.site_master:
+            # a master (or a server on its own): leases of sites' tasks run from now
+            await services.db.write(sync_master.renew_after_start, time.time(),
+                                    config.site_lease_seconds)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         scheduler.start()
         sampler = asyncio.create_task(metrics.sampler(services), name="metrics sampler")
+        site_link = None
+        if config.site_master:
+            site_link = link.SiteLink(services)
+            link.current = site_link
+            site_link.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,13 +72,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
             ready.set()
         await stop.wait()
         sampler.cancel()
-        await _drain(config, services, server, scheduler)
+        await _drain(config, services, server, scheduler, site_link)
     finally:
         await services.aclose()
 
 
 async def _drain(config: Config, services: Services, server: tornado.httpserver.HTTPServer,
-                 scheduler: Scheduler) -> None:
+                 scheduler: Scheduler, site_link: link.SiteLink | None) -> None:
     """The graceful stop: accept nothing new, let the requests in flight finish (up to
     ``shutdown_grace`` seconds), end the scheduler after its step, then close what is
     left. Closing the pools afterwards waits for units of work already running, so no
@@ -81,6 +92,8 @@ async def _drain(config: Config, services: Services, server: tornado.httpserver.
     requests.draining = True
     services.live.close()  # event streams never end by themselves; browsers reconnect
     drained, _ = await asyncio.gather(requests.wait_idle(grace), scheduler.stop(grace))
+    if site_link is not None:
+        await site_link.stop()  # its outbox stays in the database for the next start
     if drained:
         log.info("requests in flight finished after %.1f s", time.monotonic() - started)
     else:

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import iceprod_server
 from iceprod_server import examples
-from iceprod_server.cli import local, remote
+from iceprod_server.cli import local, remote, site
 from iceprod_server.cli.common import EXIT_ERROR, PROG, CLIError
 
 
@@ -142,6 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "certificate, as nginx passes it")
     _data_dir(p)
     p.set_defaults(func=local.cmd_add_site)
+
+    p = sub.add_parser("join", formatter_class=fmt, help="make this server a client site",
+                       description="Make the server on DIR a client site of a master: check "
+                       "the site key with the master (exit 1 with the reason when it is "
+                       "wrong or the master cannot be reached), then write the [site] table "
+                       "into DIR/iceprod.toml. From then on `serve` pulls work from the "
+                       "master for local pilots and pushes every change back. The site id "
+                       "and key come from `add-site` on the master.",
+                       epilog=_examples(f"""
+                           {PROG} join --data-dir var --master https://master.example:443 \
+                               --site-id 0190f3c2a1b000000a --key "$SITE_KEY"
+                           """))
+    _data_dir(p, db_url=False)
+    p.add_argument("--master", required=True, metavar="URL",
+                   help="the master's base URL (http://HOST:PORT) or its /jsonrpc URL")
+    p.add_argument("--site-id", required=True, metavar="ID", help="this site's id there")
+    p.add_argument("--key", required=True, metavar="KEY", help="this site's key there")
+    p.set_defaults(func=site.cmd_join)
+
+    p = sub.add_parser("leave", formatter_class=fmt, help="stop being a client site",
+                       description="Remove the [site] table from DIR/iceprod.toml. Refused "
+                       "(exit 1) while tasks pulled from the master are unfinished here or "
+                       "changes wait in the outbox; restart `serve` afterwards.",
+                       epilog=_examples(f"{PROG} leave --data-dir var"))
+    _data_dir(p, db_url=False)
+    p.set_defaults(func=site.cmd_leave)
 
     p = sub.add_parser("passkey", formatter_class=fmt, help="issue, revoke or list passkeys",
                        description="Passkeys authenticate pilots and scripts "

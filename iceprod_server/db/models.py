@@ -223,6 +223,12 @@ class Task(Base):
     req_disk: Mapped[float] = mapped_column(Double, default=1.0)
     req_time: Mapped[float] = mapped_column(Double, default=1.0)
     req_os: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # federation (docs/federation.md). At the master: the site that holds, or last held,
+    # the task, and the version (hybrid logical clock) of the last change a site made.
+    # At a client: the master's attempt this copy belongs to (NULL for a local task).
+    site_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    site_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     __table_args__ = (
         UniqueConstraint("dataset_id", "job_index", "task_index", name="uq_tasks_position"),
         Index("ix_tasks_status_rank", "status", "queue_rank", "task_id"),
@@ -233,6 +239,7 @@ class Task(Base):
         Index("ix_tasks_status_changed", "status", "status_changed"),
         Index("ix_tasks_changed", "status_changed", "task_id"),
         Index("ix_tasks_claim", "claim"),
+        Index("ix_tasks_site_changed", "site_id", "status_changed"),
     )
 
 
@@ -248,7 +255,10 @@ class TaskStat(Base):
     hostname: Mapped[str] = mapped_column(String(255), default="")
     time_used: Mapped[float | None] = mapped_column(Double, nullable=True)
     stats: Mapped[Any] = mapped_column(JsonCol, default=dict)
+    # "<site id>:<stat id there>" for a row a client site sent: a resend is a no-op
+    origin: Mapped[str | None] = mapped_column(String(96), nullable=True)
     __table_args__ = (
+        Index("uq_task_stats_origin", "origin", unique=True),
         Index("ix_task_stats_task", "task_id", "attempt"),
         Index("ix_task_stats_dataset_created", "dataset_id", "created"),
         Index("ix_task_stats_created", "created"),
@@ -267,7 +277,9 @@ class TaskLog(Base):
     # the log itself, or NULL when it was written to ``path`` under the data directory
     data: Mapped[str | None] = mapped_column(LongText, nullable=True)
     path: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    __table_args__ = (Index("ix_task_logs_task", "task_id", "name", "created"),)
+    origin: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    __table_args__ = (Index("ix_task_logs_task", "task_id", "name", "created"),
+                      Index("uq_task_logs_origin", "origin", unique=True))
 
 
 class Pilot(Base):
@@ -319,3 +331,50 @@ class TaskStatHour(Base):
     complete: Mapped[int] = mapped_column(BigInteger, default=0)
     failed: Mapped[int] = mapped_column(BigInteger, default=0)
     __table_args__ = (Index("ix_task_stat_hours_hour", "hour"),)
+
+
+class Outbox(Base):
+    """At a client site: rows changed here that the master has not acknowledged yet.
+
+    Written by database triggers (:mod:`iceprod_server.db.sync_triggers`) in the
+    transaction of the change itself; the sender pushes and deletes them."""
+
+    __tablename__ = "outbox"
+    outbox_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                           primary_key=True, autoincrement=True)
+    table_name: Mapped[str] = mapped_column(String(32))
+    row_key: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(ID)
+    # the master's attempt the change belongs to
+    site_attempt: Mapped[int] = mapped_column(Integer)
+    created: Mapped[float] = mapped_column(Double)
+    # hybrid logical clock, given on the first push and kept for every retry
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class SiteState(Base):
+    """At the master: what it knows of each client site's link."""
+
+    __tablename__ = "site_state"
+    site_id: Mapped[str] = mapped_column(
+        ID, ForeignKey("sites.site_id", ondelete="CASCADE"), primary_key=True)
+    last_contact: Mapped[float | None] = mapped_column(Double, nullable=True)
+    refused: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied: Mapped[int] = mapped_column(BigInteger, default=0)
+    outbox_backlog: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the site's clock minus ours, from the newest version it sent (seconds)
+    clock_offset: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class SiteRefusal(Base):
+    """At the master: a change a site sent that was refused, and why."""
+
+    __tablename__ = "site_refusals"
+    refusal_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                            primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ID)
+    created: Mapped[float] = mapped_column(Double)
+    table_name: Mapped[str] = mapped_column(String(64))
+    row_key: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(255))
+    __table_args__ = (Index("ix_site_refusals_site", "site_id", "refusal_id"),)

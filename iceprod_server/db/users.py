@@ -275,3 +275,20 @@ def lookup_site(s: Session, site_id: str, token: str | None,
     if cert_dn is not None and site.cert_dn and hmac.compare_digest(site.cert_dn, cert_dn):
         return {"site_id": site.site_id, "name": site.name}
     return None
+
+
+def lookup_site_key(s: Session, token: str) -> dict[str, Any] | None:
+    """The site whose key ``token`` is (sites send it as ``Authorization: Bearer``)."""
+    digest = hash_token(token)
+    site = s.scalars(select(Site).where(Site.key_hash == digest)).first()
+    if site is None or not site.key_hash or not hmac.compare_digest(site.key_hash, digest):
+        return None
+    return {"site_id": site.site_id, "name": site.name}
+
+
+def lookup_site_dn(s: Session, cert_dn: str) -> dict[str, Any] | None:
+    """The site registered with this client-certificate subject DN."""
+    site = s.scalars(select(Site).where(Site.cert_dn == cert_dn)).first()
+    if site is None or not site.cert_dn or not hmac.compare_digest(site.cert_dn, cert_dn):
+        return None
+    return {"site_id": site.site_id, "name": site.name}

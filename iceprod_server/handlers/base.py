@@ -149,6 +149,11 @@ class BaseHandler(tornado.web.RequestHandler):
             return await auth.from_site(legacy_site_id, token, cert_dn)
         if token is None and self.caller.role is not None:
             return self.caller
+        if token is None and self.from_trusted_proxy():
+            cert_dn = self.request.headers.get("X-SSL-Client-DN")
+            site = await auth.from_site_dn(cert_dn) if cert_dn else None
+            if site is not None:
+                return site
         return await auth.from_passkey(token, pilot_ref)
 
     # -- login session -----------------------------------------------------------------

@@ -17,8 +17,9 @@ import tornado.web
 from sqlalchemy.orm import Session
 
 from iceprod_server import dataset_config, live
-from iceprod_server.db import users
+from iceprod_server.db import sync_master, users
 from iceprod_server.examples import EXAMPLE_NAME, list_examples, read_example
+from iceprod_server.federation import link
 from iceprod_server.handlers.base import AdminPageHandler, BaseHandler, PageHandler
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def percent(part: int, whole: int) -> float:
 
 def _admin_lists(s: Session) -> dict[str, Any]:
     return {"users": users.list_users(s), "passkeys": users.list_passkeys(s),
-            "groups": users.list_groups(s), "sites": users.list_sites(s)}
+            "groups": users.list_groups(s), "sites": users.list_sites(s),
+            "site_links": sync_master.site_status(s, time.time())}
 
 
 def _group_names(s: Session) -> list[str]:
@@ -67,9 +69,10 @@ def _group_names(s: Session) -> list[str]:
 class OverviewHandler(PageHandler):
     async def get(self) -> None:
         snapshot = await self.services.db.read(live.overview_snapshot)
+        site_link = link.current.status() if link.current is not None else None
         self.render("overview.html", snapshot=snapshot, task_states=TASK_STATES,
                     dataset_states=DATASET_STATES, ordered=ordered, every=every,
-                    percent=percent)
+                    percent=percent, site_link=site_link, when=when)
 
 
 class SubmitHandler(PageHandler):

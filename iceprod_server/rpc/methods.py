@@ -8,6 +8,7 @@ METHOD_MODULES = (
     "iceprod_server.rpc.pilot",
     "iceprod_server.rpc.human",
     "iceprod_server.rpc.admin",
+    "iceprod_server.rpc.site",
     "iceprod_server.rpc.discover",
 )
 

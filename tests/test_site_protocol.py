@@ -1,0 +1,262 @@
+"""The site methods at the master, called as a client site would (with its site key), and
+``join`` / ``leave``: what a site may change and what it may not, versions and clocks,
+authentication by key and by certificate DN.
+
+The master runs on SQLite and on MariaDB (``db_url``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from iceprod_server.client import IceProdClient, RPCError
+from iceprod_server.federation import hlc
+from tests.support.datasets import counts, submit, wait_until
+from tests.support.federation import add_site, quick_config
+from tests.support.jsonrpc import expect_error, request
+from tests.support.servers import Deployment, iceprod_server, unused_port
+
+HOUR_MS = 3600 * 1000
+
+
+def _version(site_id: str, ahead_ms: int = 0, counter: int = 0) -> str:
+    return hlc.encode(int(time.time() * 1000) + ahead_ms, counter, site_id)
+
+
+def _setup(server: Any, db_url: str, env: dict[str, str] | None = None) -> Any:
+    master = server(db_url, env)
+    user = master.client(master.deployment.passkey("user"))
+    admin = master.client(master.deployment.passkey("admin"))
+    return master, user, admin
+
+
+def _site(master: Any, name: str) -> tuple[str, IceProdClient]:
+    site_id, key = add_site(master.deployment, name)
+    return site_id, master.client(key, retries=0)
+
+
+def _pull(site: IceProdClient, dataset_id: str, num: int = 1) -> dict[str, Any]:
+    return wait_until("a task for the site", lambda: (
+        p if (p := site.call("queue_master", resources={}, num=num))["tasks"] else None))
+
+
+def _local_counts(client: IceProdClient, dataset_id: str) -> dict[str, int]:
+    """Task counts at a client site; none before the dataset arrived there."""
+    try:
+        return counts(client, dataset_id)
+    except RPCError as e:
+        if e.code == -32003:
+            return {}
+        raise
+
+
+def _task_change(site_id: str, task: dict[str, Any], columns: dict[str, Any],
+                 version: str) -> dict[str, Any]:
+    return {"table": "tasks", "key": task["task_id"], "task_id": task["task_id"],
+            "attempt": task["attempt"], "columns": columns, "version": version}
+
+
+def test_a_site_changes_only_what_it_holds(server: Any, db_url: str) -> None:
+    master, user, admin = _setup(server, db_url)
+    dataset_id = submit(user, quick_config("a"), njobs=2)
+    a_id, site_a = _site(master, "site-a")
+    b_id, site_b = _site(master, "site-b")
+    handed = _pull(site_a, dataset_id)
+    task = handed["tasks"][0]
+    # the rows the site needs come with the task
+    assert [d["dataset_id"] for d in handed["datasets"]] == [dataset_id]
+    assert handed["dataset_configs"] and handed["jobs"] and handed["task_defs"]
+    before = user.call("public_get_task", task_id=task["task_id"])
+    assert before["status"] == "processing"
+
+    bad: list[dict[str, Any]] = [
+        # another site's task
+        _task_change(b_id, task, {"status": "complete"}, _version(b_id)),
+        # a dataset row, a config, a job, a table that does not exist
+        {"table": "datasets", "key": dataset_id, "task_id": task["task_id"], "attempt": 1,
+         "columns": {"status": "complete"}, "version": _version(b_id)},
+        {"table": "dataset_configs", "key": dataset_id, "task_id": task["task_id"],
+         "attempt": 1, "columns": {"config": "{}"}, "version": _version(b_id)},
+        {"table": "jobs", "key": handed["jobs"][0]["job_id"], "task_id": task["task_id"],
+         "attempt": 1, "columns": {"status": "complete"}, "version": _version(b_id)},
+        {"table": "users; DROP TABLE tasks", "key": "x", "task_id": "x", "attempt": 1,
+         "columns": {"a": 1}, "version": _version(b_id)},
+        "not an object",
+    ]
+    answer = site_b.call("master_update", changes=bad)
+    assert [r["ok"] for r in answer["results"]] == [False] * len(bad)
+    assert all(r["error"] for r in answer["results"])
+
+    # the holder itself: columns it may not set, wrong types, another site's version
+    own_bad = [
+        _task_change(a_id, task, {"claimed_by": "site:x"}, _version(a_id)),
+        _task_change(a_id, task, {"dataset_id": "other"}, _version(a_id)),
+        _task_change(a_id, task, {"status": "complete", "failures": "many"}, _version(a_id)),
+        _task_change(a_id, task, {"status": "exploded"}, _version(a_id)),
+        _task_change(a_id, task, {"req_memory": -1}, _version(a_id)),
+        _task_change(a_id, task, {"status": "complete"}, _version(b_id)),
+        _task_change(a_id, task, {"status": "complete"}, "yesterday"),
+        {**_task_change(a_id, task, {"status": "complete"}, _version(a_id)), "attempt": 99},
+        {**_task_change(a_id, task, {"status": "complete"}, _version(a_id)), "sql": "x"},
+    ]
+    answer = site_a.call("master_update", changes=own_bad)
+    assert [r["ok"] for r in answer["results"]] == [False] * len(own_bad), answer
+
+    # a huge batch: every change refused, nothing applied
+    huge = [_task_change(a_id, task, {"status": "complete"}, _version(a_id, counter=i))
+            for i in range(1001)]
+    answer = site_a.call("master_update", changes=huge)
+    assert answer["applied"] == 0 and not any(r["ok"] for r in answer["results"])
+    assert "at most 1000" in answer["results"][0]["error"]
+
+    after = user.call("public_get_task", task_id=task["task_id"])
+    assert (after["status"], after["attempt"]) == (before["status"], before["attempt"])
+    assert counts(user, dataset_id).get("complete", 0) == 0
+    status = {s["name"]: s for s in admin.call("site_status")}
+    assert status["site-b"]["refused"] == len(bad)
+    assert status["site-a"]["refused"] == len(own_bad) + 1001
+    assert status["site-a"]["tasks_held"] == 1
+    reasons = [r["reason"] for r in status["site-b"]["recent_refusals"]]
+    assert any("not held" in r for r in reasons), reasons
+    assert any("datasets" in r for r in reasons), reasons
+
+    # and the holder's own outcome is taken, once
+    good = _task_change(a_id, task, {"status": "complete", "failures": 0}, _version(a_id))
+    assert site_a.call("master_update", changes=[good])["results"] == [
+        {"ok": True, "outcome": "applied"}]
+    assert site_a.call("master_update", changes=[good])["results"] == [
+        {"ok": True, "outcome": "duplicate"}]
+    assert user.call("public_get_task", task_id=task["task_id"])["status"] == "complete"
+
+
+def test_a_clock_an_hour_ahead_cannot_make_an_old_change_win(server: Any,
+                                                             db_url: str) -> None:
+    master, user, admin = _setup(server, db_url)
+    dataset_id = submit(user, quick_config("a"), njobs=2)
+    a_id, site_a = _site(master, "site-a")
+    handed = _pull(site_a, dataset_id, num=2)
+    first, second = handed["tasks"]
+    # the site's clock runs an hour ahead: its versions say so
+    newer = _task_change(a_id, first, {"status": "complete"}, _version(a_id, HOUR_MS, 5))
+    older = _task_change(a_id, first, {"status": "reset", "failures": 1},
+                         _version(a_id, HOUR_MS, 1))
+    answer = site_a.call("master_update", changes=[newer, older])
+    assert [r.get("outcome") for r in answer["results"]] == ["applied", "stale"]
+    task = user.call("public_get_task", task_id=first["task_id"])
+    assert (task["status"], task["failures"]) == ("complete", 0)
+    # the master's clock follows the site's, so what it hands out next is newer still
+    assert answer["version"] > newer["version"]
+    offset = {s["name"]: s for s in admin.call("site_status")}["site-a"]["clock_offset"]
+    assert 3500 < offset < 3700
+
+    # the master takes the second task back; a change stamped two hours ahead is refused
+    user.call("suspend_tasks", task_ids=[second["task_id"]])
+    late = _task_change(a_id, second, {"status": "complete"}, _version(a_id, 2 * HOUR_MS))
+    answer = site_a.call("master_update", changes=[late])
+    assert answer["results"][0]["ok"] is False
+    assert "not held" in answer["results"][0]["error"]
+    assert user.call("public_get_task", task_id=second["task_id"])["status"] == "suspended"
+
+
+def test_taken_back_tasks_and_dataset_edits_come_down(server: Any, db_url: str) -> None:
+    master, user, _ = _setup(server, db_url)
+    dataset_id = submit(user, quick_config("a"), njobs=2)
+    _, site_a = _site(master, "site-a")
+    handed = _pull(site_a, dataset_id, num=2)
+    first = site_a.call("master_get_tables", tables=["tasks", "datasets"], since=None)
+    held = {t["task_id"]: t["held"] for t in first["tasks"]}
+    assert held == {t["task_id"]: True for t in handed["tasks"]}
+    user.call("set_dataset_priority", dataset_id=dataset_id, priority=7)
+    edited = quick_config("a", stdout="edited")
+    user.call("update_dataset_config", dataset_id=dataset_id, config=edited,
+              description="edited")
+    user.call("suspend_tasks", task_ids=[handed["tasks"][0]["task_id"]])
+    down = site_a.call("master_get_tables", tables=["tasks", "datasets", "dataset_configs"],
+                       since=first["cursor"])
+    held = {t["task_id"]: t["held"] for t in down["tasks"]}
+    assert held[handed["tasks"][0]["task_id"]] is False
+    assert held.get(handed["tasks"][1]["task_id"], True) is True
+    assert [d["priority"] for d in down["datasets"]] == [7]
+    assert [c["dataset_id"] for c in down["dataset_configs"]] == [dataset_id]
+    assert "print('edited '" in down["dataset_configs"][0]["config"]
+    # a reset at the master takes a task back as well
+    user.call("reset_tasks", task_ids=[handed["tasks"][1]["task_id"]])
+    down = site_a.call("master_get_tables", tables=["tasks"], since=down["cursor"])
+    held = {t["task_id"]: t["held"] for t in down["tasks"]}
+    assert held[handed["tasks"][1]["task_id"]] is False
+    expect_error(-32602, site_a.call, "master_get_tables", tables=["users"], since=None)
+
+
+def test_site_methods_need_a_site(server: Any, db_url: str) -> None:
+    master, user, admin = _setup(server, db_url)
+    for client in (user, admin, master.client(master.deployment.passkey("pilot"))):
+        expect_error(-32002, client.call, "queue_master", resources={}, num=1)
+        expect_error(-32002, client.call, "master_update", changes=[])
+        expect_error(-32002, client.call, "master_get_tables", tables=["tasks"])
+    expect_error(-32001, master.client("not-a-key", retries=0).call, "queue_master",
+                 resources={}, num=1)
+    _, site = _site(master, "site-a")
+    expect_error(-32002, site.call, "site_status")
+    assert isinstance(admin.call("site_status"), list)
+
+
+def test_site_key_by_legacy_params_and_certificate_dn(server: Any, db_url: str) -> None:
+    master = server(db_url, {"ICEPROD_TRUSTED_PROXY": "127.0.0.1"})
+    site_id, key = add_site(master.deployment, "site-a")
+    legacy = request(master.rpc_url, "whoami", {"passkey": key, "site_id": site_id})
+    assert legacy["result"]["role"] == "site" and legacy["result"]["site_id"] == site_id
+    dn = "/DC=org/DC=example/CN=site-b.example.org"
+    master.deployment.cli("add-site", "site-b", "--cert-dn", dn)
+    by_dn = request(master.rpc_url, "whoami", headers={"X-SSL-Client-DN": dn})
+    assert by_dn["result"]["role"] == "site"
+    # an unknown DN is just anonymous
+    other = request(master.rpc_url, "whoami", headers={"X-SSL-Client-DN": "/CN=nobody"})
+    assert other["result"]["role"] is None
+
+
+def test_join_checks_the_key_and_leave_needs_nothing_held(server: Any, db_url: str,
+                                                          tmp_path: Path) -> None:
+    master = server(db_url)
+    site_id, key = add_site(master.deployment, "site-a")
+    client = Deployment.init(tmp_path / "client", "sqlite:///" + str(tmp_path / "c.db"))
+    wrong = client.cli("join", "--master", master.url, "--site-id", site_id, "--key", "x" * 40,
+                       check=False)
+    assert wrong.returncode == 1 and "refused the site key" in wrong.stderr, wrong.stderr
+    away = client.cli("join", "--master", f"http://127.0.0.1:{unused_port()}",
+                      "--site-id", site_id, "--key", key, check=False)
+    assert away.returncode == 1 and "cannot" in away.stderr, away.stderr
+    assert "[site]" not in (client.data_dir / "iceprod.toml").read_text()
+
+    joined = client.cli("join", "--master", master.rpc_url, "--site-id", site_id,
+                        "--key", key)
+    assert joined.returncode == 0
+    text = (client.data_dir / "iceprod.toml").read_text()
+    assert "[site]" in text and master.rpc_url in text
+    again = client.cli("join", "--master", master.url, "--site-id", site_id, "--key", key,
+                       check=False)
+    assert again.returncode == 1
+
+    # the joined client serves, pulls work, and may not leave while it holds it
+    user = master.client(master.deployment.passkey("user"))
+    dataset_id = submit(user, quick_config("a"), njobs=3)
+    site_server = server(client.db_url, {"ICEPROD_SITE_INTERVAL": "0.3"}, deployment=client)
+    local = site_server.client()
+    wait_until("the client to pull the tasks",
+               lambda: _local_counts(local, dataset_id).get("queued", 0) == 3, timeout=30)
+    site_server.stop()
+    held = client.cli("leave", check=False)
+    assert held.returncode == 1 and "unfinished" in held.stderr, held.stderr
+    assert "[site]" in (client.data_dir / "iceprod.toml").read_text()
+    # once the master takes them back, the client may go
+    user.call("suspend_dataset", dataset_id=dataset_id)
+    site_server = server(client.db_url, {"ICEPROD_SITE_INTERVAL": "0.3"}, deployment=client)
+    wait_until("the client to drop the tasks", lambda: counts(
+        site_server.client(), dataset_id).get("queued", 0) == 0, timeout=30)
+    site_server.stop()
+    left = client.cli("leave")
+    assert left.returncode == 0
+    assert "[site]" not in (client.data_dir / "iceprod.toml").read_text()
+    assert iceprod_server("leave", "--data-dir", str(client.data_dir),
+                          check=False).returncode == 1

@@ -20,6 +20,7 @@ import pytest
 from iceprod_server.rpc.registry import ANYONE
 from tests.support.databases import mariadb_database
 from tests.support.datasets import REPO, config, submit, wait_counts, wait_until
+from tests.support.http import fetch
 from tests.support.inprocess import extra_method, in_process_server
 from tests.support.nginx import Certs, Nginx, start_nginx
 from tests.support.servers import (
@@ -216,3 +217,51 @@ def test_rolling_restart_under_50_pilots_loses_nothing(tmp_path: Path) -> None:
             nginx.stop()
             for s in servers:
                 s.stop()
+
+
+def rpc_body(method: str, **params: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+
+
+def test_site_client_certificates_through_nginx(server: Any, sqlite_url: str, tmp_path: Path,
+                                                ca: CertificateAuthority) -> None:
+    """nginx checks a peer site's certificate against the site CA and passes its DN; the
+    server accepts a registered DN, refuses a call without a certificate or with one from
+    another authority, and ignores the DN header when it does not come from nginx."""
+    srv = server(sqlite_url, env={"ICEPROD_TRUSTED_PROXY": "127.0.0.1"})
+    srv.deployment.cli("add-site", "site-a", "--cert-dn", "CN=site-a,O=IceProd Test")
+    good = ca.issue("site-a", names=("DNS:site-a.example.org",), usage="clientAuth")
+    stranger_ca = make_ca(tmp_path / "other-ca", "Someone Else")
+    wrong = stranger_ca.issue("site-a", names=("DNS:site-a.example.org",), usage="clientAuth")
+    nginx = https_nginx(tmp_path / "nginx", ca, srv.port)
+    url = f"https://127.0.0.1:{nginx.port}/jsonrpc"
+    body = rpc_body("master_get_tables", tables=["datasets"])
+
+    def curl(*cert_args: str) -> tuple[int, Any]:
+        proc = subprocess.run(
+            ["curl", "-sS", "--cacert", str(ca.cert), *cert_args, "-H",
+             "Content-Type: application/json", "--data", body, "-w", "\n%{http_code}", url],
+            capture_output=True, text=True, timeout=30, check=True)
+        text, _, code = proc.stdout.rpartition("\n")
+        return int(code), json.loads(text) if text.startswith("{") else text
+
+    try:
+        status, answer = curl("--cert", str(good.cert), "--key", str(good.key))
+        assert status == 200 and "result" in answer, answer
+        assert answer["result"]["datasets"] == [] and "cursor" in answer["result"], answer
+
+        status, answer = curl()  # no certificate: an anonymous caller
+        assert status == 200 and answer["error"]["code"] == -32001, answer
+
+        status, answer = curl("--cert", str(wrong.cert), "--key", str(wrong.key))
+        # nginx refuses a certificate it cannot verify before the server sees anything
+        assert status == 400, (status, answer)
+    finally:
+        nginx.stop()
+
+    # the same header sent straight to the server from another address is not believed
+    forged = fetch(srv.port, "POST", "/jsonrpc", body=body.encode(), source="127.0.0.2",
+                   headers={"Content-Type": "application/json",
+                            "X-SSL-Client-DN": "CN=site-a,O=IceProd Test",
+                            "X-SSL-Client-Verify": "SUCCESS"})
+    assert forged.status == 200 and forged.json()["error"]["code"] == -32001, forged.body

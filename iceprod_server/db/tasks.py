@@ -57,6 +57,14 @@ class Offer:
                      self.memory - req["memory"], self.disk - req["disk"], self.time, self.os)
 
 
+def _listed(os_name: str | None) -> str | None:
+    """The LIKE pattern that finds ``os_name`` in a ``",A,B,"`` list of platforms."""
+    if not os_name:
+        return None
+    escaped = os_name.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%,{escaped},%"
+
+
 def _requirements(t: Any) -> dict[str, Any]:
     return {"cpu": t.req_cpu, "gpu": t.req_gpu, "memory": t.req_memory, "disk": t.req_disk,
             "time": t.req_time, "os": t.req_os}
@@ -70,7 +78,9 @@ _FITTING = (
     .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
            Task.req_gpu <= bindparam("b_gpu"), Task.req_memory <= bindparam("b_memory"),
            Task.req_disk <= bindparam("b_disk"), Task.req_time <= bindparam("b_time"),
-           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os")))
+           # one platform, or a pilot's platform among several (requirements.os_column)
+           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os"),
+               Task.req_os.like(bindparam("b_os_listed"), escape="/")))
     .order_by(Task.queue_rank, Task.task_id)
     .limit(bindparam("b_limit", type_=Integer))
 )
@@ -123,6 +133,7 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
     left = offer
     rows = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu, "b_memory": offer.memory,
                              "b_disk": offer.disk, "b_time": offer.time, "b_os": offer.os,
+                             "b_os_listed": _listed(offer.os),
                              "b_limit": 2 * offer.cpu + 4})
     for row in rows:
         req = _requirements(row)

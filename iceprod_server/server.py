@@ -10,7 +10,7 @@ import signal
 import tornado.httpserver
 
 from iceprod_server.app import make_app
-from iceprod_server.config import Config
+from iceprod_server.config import Config, safe_db_url
 from iceprod_server.db.migrate import check_schema
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
@@ -40,7 +40,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         log.info("IceProd server listening on http://%s:%d (database %s)", config.host,
-                 config.port, _safe_url(config.database_url))
+                 config.port, safe_db_url(config.database_url))
         # objects made at start-up live as long as the process: keep them out of the
         # collector's full passes, which would otherwise pause the loop for long
         gc.collect()
@@ -54,10 +54,3 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await asyncio.wait_for(server.close_all_connections(), timeout=10)
     finally:
         await services.aclose()
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -1,4 +1,5 @@
-"""Runs one server process: schema check, HTTP server, scheduler, graceful shutdown."""
+"""Runs one server process: schema check, HTTP server, scheduler, and a stop on SIGTERM
+or SIGINT that closes every connection at once (requests in flight are cut, not finished)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         server.listen(config.port, address=config.host)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
+        services.scheduler_passes = lambda: scheduler.passes
         scheduler.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -25,6 +25,8 @@ class Services:
         self.db = Database(self.engine, self.executors.db, config.db_timeout)
         self.auth = Authenticator(self.db, config.auth_cache_seconds)
         self._wake: Callable[[], None] | None = None
+        # how many scheduler passes this process has finished (None: no scheduler)
+        self.scheduler_passes: Callable[[], int] | None = None
         self._gsiftp: GridFTPClient | None = None
 
     def _read_cookie_secret(self) -> str:

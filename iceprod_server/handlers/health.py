@@ -1,4 +1,8 @@
-"""``GET /healthz``: 200 once the server is ready and its database answers."""
+"""``GET /healthz``: 200 once the server is ready and its database answers.
+
+The answer also counts the scheduler passes this process has finished
+(``scheduler_passes``), so an operator or a test can see the scheduler is alive and wait
+for a pass that began after some moment."""
 
 from __future__ import annotations
 
@@ -22,7 +26,10 @@ class HealthHandler(BaseHandler):
             self.set_status(503)
             self.finish({"status": "unavailable", "database": "unreachable"})
             return
-        self.finish({"status": "ok"})
+        answer: dict[str, object] = {"status": "ok"}
+        if self.services.scheduler_passes is not None:
+            answer["scheduler_passes"] = self.services.scheduler_passes()
+        self.finish(answer)
 
 
 def routes() -> list[tuple[str, type]]:

@@ -137,6 +137,13 @@ def os_column(value: Any) -> str | None:
     return names[0] if len(names) == 1 else "," + ",".join(names) + ","
 
 
+def os_from_column(value: str | None) -> str | list[str] | None:
+    """The ``os`` requirement a ``req_os`` column value stands for (one name or a list)."""
+    if value and value.startswith(",") and value.endswith(","):
+        return [name for name in value[1:-1].split(",") if name]
+    return value or None
+
+
 def task_requirements(task: dict[str, Any], steering: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
     """A task's requirements with defaults: cpu and gpu integers, memory and disk in GB,

@@ -289,7 +289,9 @@ def test_a_slow_caller_holds_back_the_source(proxy: Proxy, upstream: Upstream) -
         if upstream.sent[path] == last:
             break
     assert upstream.sent[path] < size
-    assert get(proxy.srv, proxy.pilot, upstream.url("file", "auth.bin")).status in (200, 404)
+    data = upstream.add("after-slow.bin", 1000)
+    answer = get(proxy.srv, proxy.pilot, upstream.url("file", "after-slow.bin"))
+    assert answer.status == 200 and answer.body == data, answer.status
 
 
 # -- servers of their own --------------------------------------------------------------------

@@ -45,6 +45,8 @@ def test_os_list_matches_any_entry(h: Harness) -> None:
         assert pilot.call("new_task", **offer_os(other)) == [], other
     got = pilot.call("new_task", **offer_os("RHEL_8"))
     assert len(got) == 1 and got[0]["options"]["dataset_id"] == dataset_id, got
+    shown = h.task(got[0]["options"]["task_id"])["requirements"]["os"]
+    assert shown == ["RHEL_7", "RHEL_8"], shown
 
 
 def test_first_entry_of_os_list_still_matches(h: Harness) -> None:

@@ -30,6 +30,7 @@ from iceprod_server.db.models import (
 )
 from iceprod_server.db.util import changed
 from iceprod_server.errors import Conflict, NotFound
+from iceprod_server.requirements import os_from_column
 
 # a resource overuse makes the requirement grow by this factor on the next attempt
 OVERUSE_GROWTH = 1.5
@@ -67,7 +68,7 @@ def _listed(os_name: str | None) -> str | None:
 
 def _requirements(t: Any) -> dict[str, Any]:
     return {"cpu": t.req_cpu, "gpu": t.req_gpu, "memory": t.req_memory, "disk": t.req_disk,
-            "time": t.req_time, "os": t.req_os}
+            "time": t.req_time, "os": os_from_column(t.req_os)}
 
 
 # Statements of the hot path are built once; each call only binds values.

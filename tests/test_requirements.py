@@ -18,6 +18,7 @@ import pytest
 from tests.support.datasets import claim_one, config, offer, task, wait_counts
 from tests.support.harness import Base, Harness
 from tests.support.jsonrpc import expect_error
+from tests.support.servers import http_get
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,11 @@ def test_os_list_matches_any_entry(h: Harness) -> None:
         assert pilot.call("new_task", **offer_os(other)) == [], other
     got = pilot.call("new_task", **offer_os("RHEL_8"))
     assert len(got) == 1 and got[0]["options"]["dataset_id"] == dataset_id, got
-    shown = h.task(got[0]["options"]["task_id"])["requirements"]["os"]
+    task_id = got[0]["options"]["task_id"]
+    shown = h.task(task_id)["requirements"]["os"]
     assert shown == ["RHEL_7", "RHEL_8"], shown
+    status, page = http_get(h.srv.port, f"/task/{task_id}")
+    assert status == 200 and "os RHEL_7 or RHEL_8" in page.decode(), page[-2000:]
 
 
 def test_first_entry_of_os_list_still_matches(h: Harness) -> None:

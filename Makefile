@@ -11,7 +11,7 @@ PORT ?= 8080
 TEST_OUTPUT ?= test-output
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test soak lint bench clean
 
 # the virtualenv, remade when pyproject.toml changes
 $(BIN)/python:
@@ -40,6 +40,12 @@ test:
 	mkdir -p $(TEST_OUTPUT)
 	$(BIN)/pytest -q --basetemp=$(TEST_OUTPUT)/tmp --junitxml=$(TEST_OUTPUT)/junit.xml \
 		$(PYTEST_ARGS)
+
+# the JSON-RPC property test of tests/fuzz with 100,000 examples per database
+soak:
+	scripts/ensure-test-deps.sh
+	$(MAKE) --no-print-directory $(VENV)/.installed-test
+	ICEPROD_TEST_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q tests/fuzz $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check iceprod_server tests bench

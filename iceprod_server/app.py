@@ -8,12 +8,14 @@ from typing import Any
 
 import tornado.web
 
+from iceprod_server import metrics as prometheus
 from iceprod_server.handlers import (
     files,
     health,
     jsonrpc,
     live,
     login,
+    metrics,
     pages_datasets,
     pages_site,
     proxy,
@@ -38,10 +40,22 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.WARNING
     else:
         level = logging.ERROR
+    seconds = handler.request.request_time()
+    name = type(handler).__name__
+    prometheus.HTTP_REQUESTS.labels(handler=name, method=handler.request.method or "",
+                                    status=str(status)).inc()
+    prometheus.HTTP_SECONDS.labels(handler=name).observe(seconds)
     caller = getattr(handler, "caller", None)
     role = getattr(caller, "role", None) or "-"
-    access_log.log(level, "%d %s %s %.1fms role=%s", status, handler.request.method,
-                   handler.request.path, 1000.0 * handler.request.request_time(), role)
+    rpc_methods = ",".join(getattr(handler, "rpc_methods", ()))
+    fields = {"method": handler.request.method, "path": handler.request.path,
+              "status": status, "ms": round(1000.0 * seconds, 1), "role": role,
+              "request_id": getattr(handler, "request_id", "")}
+    if rpc_methods:
+        fields["rpc_method"] = rpc_methods
+    access_log.log(level, "%d %s %s%s %.1fms role=%s", status, handler.request.method,
+                   handler.request.path, f" {rpc_methods}" if rpc_methods else "",
+                   1000.0 * seconds, role, extra=fields)
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
@@ -49,11 +63,12 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     dispatcher = Dispatcher(services)
     routes: list[Any] = [
         *health.routes(),
+        *metrics.routes(),
         *jsonrpc.routes(dispatcher),
         *login.routes(),
         *pages_site.routes(),
         *pages_datasets.routes(),
-        *live.routes(),
+        *live.routes(services.live),
         *files.routes(),
         *proxy.routes(),
     ]

@@ -8,6 +8,7 @@ Every option is documented in ``conf/iceprod.example.toml``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -35,10 +36,16 @@ class Config:
     # database connection pool (MariaDB/MySQL)
     db_pool_size: int = 10
     db_pool_recycle: int = 3600
-    # seconds a unit of database work may wait on locks before -32005
+    # seconds a unit of database work may take (locks, a pooled connection, a database that
+    # does not answer) before the caller gets -32005
     db_timeout: float = 30.0
-    # seconds of silence after which a processing task is reset as "lost contact"
-    lease_seconds: float = 1800.0
+    # seconds without a call about a processing task after which it is reset as "lost
+    # contact" (a passkey may carry its own); IceProd 2 pilots call only while a module
+    # runs, and their own server waited two hours
+    lease_seconds: float = 7200.0
+    # seconds a claim by a pilot that sends X-IceProd-Pilot lives until its first call
+    # about the task (stillrunning or set_processing), which extends it to its lease
+    first_contact_seconds: float = 120.0
     # seconds a task may stay waiting or queued before it is put back to idle
     queue_timeout: float = 86400.0
     scheduler_interval: float = 5.0
@@ -47,8 +54,18 @@ class Config:
     # how many jobs are materialised per dataset per scheduler pass
     materialize_batch: int = 1000
     max_resets: int = 10
+    # a failed task waits this long before it is queued again, doubled with each further
+    # failure up to retry_max_delay_seconds
+    retry_delay_seconds: float = 10.0
+    retry_max_delay_seconds: float = 3600.0
     public_read: bool = True
     max_body_bytes: int = 64 * 1024 * 1024
+    # most calls in one JSON-RPC batch; a longer batch is answered with one -32600 error
+    max_batch_length: int = 1000
+    # seconds an HTTP connection may sit idle (or take to send its headers) before it is
+    # closed, and seconds a request body may take to arrive
+    idle_connection_timeout: float = 60.0
+    body_timeout: float = 3600.0
     # logs larger than this go to files under <data_dir>/logs instead of database rows
     log_inline_max: int = 256 * 1024
     # seconds an authenticated passkey stays cached in a server process
@@ -63,6 +80,14 @@ class Config:
     # address of the reverse proxy whose X-Real-IP / client-certificate headers are trusted
     trusted_proxy: str = ""
     log_level: str = "INFO"
+    # "text", or "json": one JSON object per line
+    log_format: str = "text"
+    # seconds a stopping server lets requests in flight finish before it closes them
+    shutdown_grace: float = 30.0
+    # worker processes of `serve` sharing the listening socket
+    processes: int = 1
+    # addresses or networks that may read /metrics without logging in (admins always may)
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
     # identifies this server among peer sites; part of every id it generates
     site_id: str = ""
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
@@ -251,12 +276,27 @@ def load(
 def _validate(config: Config) -> None:
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
-    for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets"):
+    for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets",
+                 "processes", "max_batch_length"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("lease_seconds", "queue_timeout", "scheduler_interval", "db_timeout"):
+    for network in config.metrics_allow:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as e:
+            raise ConfigError(f"metrics_allow: {e}") from None
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {config.log_format!r}")
+    if config.shutdown_grace < 0:
+        raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
+    for name in ("lease_seconds", "first_contact_seconds", "queue_timeout",
+                 "scheduler_interval", "db_timeout",
+                 "idle_connection_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in ("retry_delay_seconds", "retry_max_delay_seconds"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
     if config.cookie_secure not in ("auto", "always", "never"):
         raise ConfigError(f"cookie_secure must be auto, always or never, "
                           f"got {config.cookie_secure!r}")

@@ -167,6 +167,13 @@ class LiveHub:
             self.topics[topic] = broadcaster
         return broadcaster, broadcaster.subscribe()
 
+    def close(self) -> None:
+        """End every viewer's stream (the server is stopping); browsers reconnect to
+        another process."""
+        for broadcaster in list(self.topics.values()):
+            for subscriber in list(broadcaster.subscribers):
+                broadcaster.unsubscribe(subscriber)
+
     def _forget(self, broadcaster: Broadcaster) -> None:
         if self.topics.get(broadcaster.topic) is broadcaster:
             del self.topics[broadcaster.topic]

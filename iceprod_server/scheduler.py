@@ -13,7 +13,9 @@ import asyncio
 import logging
 import time
 
-from iceprod_server.db import scheduling, tasks
+from iceprod_server import metrics
+from iceprod_server.db import scheduling
+from iceprod_server.db.tasks import Backoff
 from iceprod_server.errors import Unavailable
 from iceprod_server.services import Services
 
@@ -29,11 +31,11 @@ LOOKBACK = 3600.0
 class Scheduler:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.config = services.config
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cursor: scheduling.Cursor = (time.time() - LOOKBACK, "")
         self.passes = 0
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="scheduler")
@@ -41,19 +43,30 @@ class Scheduler:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
-        if self._task is not None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop after the step under way (waiting up to ``grace`` seconds for it), so no
+        step is cut off between its units of work; cancel it after that."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
+            started = time.perf_counter()
             try:
                 summary = await self.run_once()
+                metrics.SCHEDULER_PASS_SECONDS.observe(time.perf_counter() - started)
+                metrics.SCHEDULER_LAST_PASS.set(time.time())
                 if any(summary.values()):
                     log.info("scheduler pass: %s",
                              ", ".join(f"{k}={v}" for k, v in summary.items() if v))
@@ -62,7 +75,8 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler pass failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), self.config.scheduler_interval)
+                await asyncio.wait_for(self._wake.wait(),
+                                       self.services.config.scheduler_interval)
                 await asyncio.sleep(DEBOUNCE)
             except TimeoutError:
                 pass
@@ -71,14 +85,16 @@ class Scheduler:
     async def run_once(self) -> dict[str, int]:
         """One full pass; returns how many rows each step changed."""
         db = self.services.db
-        c = self.config
+        c = self.services.config  # read each pass: SIGHUP may have changed it
         now = time.time()
         pass_start = now
         out = {
-            "expired": await db.write(tasks.expire_leases, now, c.max_resets, BATCH),
+            "expired": await db.write(scheduling.expire_leases, now, c.max_resets, BATCH,
+                                      Backoff(c.retry_delay_seconds,
+                                              c.retry_max_delay_seconds)),
             "timed_out": await db.write(scheduling.expire_queued, now, c.queue_timeout,
                                         BATCH),
-            "to_idle": await db.write(scheduling.return_to_idle, BATCH),
+            "to_idle": await db.write(scheduling.return_to_idle, BATCH, now),
             "jobs": await db.write(scheduling.materialize_jobs, c.materialize_batch,
                                    c.queue_depth),
             "waiting": 0,

@@ -1,5 +1,5 @@
-"""Runs one server process: schema check, HTTP server, scheduler, and a stop on SIGTERM
-or SIGINT that closes every connection at once (requests in flight are cut, not finished)."""
+"""Runs one server process: schema check, HTTP server, scheduler, and the graceful stop on
+SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -7,40 +7,51 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
+import time
+from collections.abc import Callable
 
 import tornado.httpserver
 
+from iceprod_server import metrics
 from iceprod_server.app import make_app
 from iceprod_server.config import Config, safe_db_url
 from iceprod_server.db.migrate import check_schema
+from iceprod_server.httpguard import http_server
+from iceprod_server.reload import reload_config
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT or SIGTERM. Raises SchemaOutdated before listening if the
+async def serve(config: Config, ready: asyncio.Event | None = None,
+                sockets: list[socket.socket] | None = None,
+                reload: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, on ``sockets`` when given (a worker of
+    ``serve --processes``), else on the configured address. SIGHUP applies the options of
+    ``reload()`` that can change live. Raises SchemaOutdated before listening if the
     database needs ``iceprod-server migrate``."""
     services = Services(config)
     try:
         await services.db.read(lambda s: check_schema(s.connection()))
         app = make_app(services)
-        # Tornado's own cap sits above ours so the JSON-RPC handler can answer 413 itself
-        # no xheaders: Tornado would take X-Real-IP from any client; the handlers trust
-        # proxy headers only when the TCP peer is the configured trusted_proxy
-        server = tornado.httpserver.HTTPServer(
-            app,
-            max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024))
-        server.listen(config.port, address=config.host)
+        server = http_server(app, config)
+        if sockets is None:
+            server.listen(config.port, address=config.host)
+        else:
+            server.add_sockets(sockets)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         services.scheduler_passes = lambda: scheduler.passes
         scheduler.start()
+        sampler = asyncio.create_task(metrics.sampler(services), name="metrics sampler")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_config, services, reload)
         log.info("IceProd server listening on http://%s:%d (database %s)", config.host,
                  config.port, safe_db_url(config.database_url))
         # objects made at start-up live as long as the process: keep them out of the
@@ -50,9 +61,37 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         if ready is not None:
             ready.set()
         await stop.wait()
-        log.info("shutting down")
-        server.stop()
-        await scheduler.stop()
-        await asyncio.wait_for(server.close_all_connections(), timeout=10)
+        sampler.cancel()
+        await _drain(config, services, server, scheduler)
     finally:
         await services.aclose()
+
+
+async def _drain(config: Config, services: Services, server: tornado.httpserver.HTTPServer,
+                 scheduler: Scheduler) -> None:
+    """The graceful stop: accept nothing new, let the requests in flight finish (up to
+    ``shutdown_grace`` seconds), end the scheduler after its step, then close what is
+    left. Closing the pools afterwards waits for units of work already running, so no
+    transaction is cut in half."""
+    grace = config.shutdown_grace
+    requests = services.requests
+    log.info("stopping: no new connections; waiting up to %g s for %d requests in flight",
+             grace, requests.count)
+    started = time.monotonic()
+    server.stop()
+    requests.draining = True
+    services.live.close()  # event streams never end by themselves; browsers reconnect
+    drained, _ = await asyncio.gather(requests.wait_idle(grace), scheduler.stop(grace))
+    if drained:
+        log.info("requests in flight finished after %.1f s", time.monotonic() - started)
+    else:
+        log.warning("%d requests still in flight after %g s: closing their connections",
+                    requests.count, grace)
+    await asyncio.wait_for(server.close_all_connections(), timeout=10)
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

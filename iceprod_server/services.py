@@ -12,6 +12,37 @@ from iceprod_server.db.engine import make_engine
 from iceprod_server.executors import Executors
 from iceprod_server.executors.database import Database
 from iceprod_server.gsiftp import GridFTPClient, make_client
+from iceprod_server.live import LiveHub
+
+
+class InFlight:
+    """Counts the requests a process is answering, so that a stopping server can wait for
+    them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        # set when the server stops accepting: answers then close their connections
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.count = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no request is in flight; False if some still are after ``timeout``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
 
 class Services:
@@ -24,6 +55,8 @@ class Services:
         self.executors = Executors(config)
         self.db = Database(self.engine, self.executors.db, config.db_timeout)
         self.auth = Authenticator(self.db, config.auth_cache_seconds)
+        self.requests = InFlight()
+        self.live = LiveHub()
         self._wake: Callable[[], None] | None = None
         # how many scheduler passes this process has finished (None: no scheduler)
         self.scheduler_passes: Callable[[], int] | None = None

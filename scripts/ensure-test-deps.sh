@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 scripts/ensure-build-deps.sh
 scripts/ensure-packages.sh mariadb-server mariadb-client wrk chromium fonts-liberation \
     globus-gridftp-server-progs globus-gass-copy-progs libglobus-ftp-client2 nginx openssl \
-    fonts-dejavu-core curl
+    fonts-dejavu-core curl systemd
 scripts/ensure-mariadb.sh

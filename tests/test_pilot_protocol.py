@@ -8,6 +8,7 @@ test can claim another's tasks.
 from __future__ import annotations
 
 import base64
+import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +195,14 @@ def test_update_pilot_records_the_pilot(h: Harness) -> None:
                            "WHERE pilot_id = 'pilot-xyz'")
     assert len(rows) == 1 and "t1" in str(rows[0][1]), rows
     expect_error(-32602, a.call, "update_pilot", pilot_id="")
+    # IceProd 2 pilots send the task ids comma-separated, "" when idle
+    for sent, stored in (("t1,t2", ["t1", "t2"]), ("", [])):
+        assert a.call("update_pilot", pilot_id="pilot-v2", tasks=sent,
+                      resources_available={"cpu": 1}, resources_claimed={}) is True
+        rows = databases.query(h.srv.db_url, "SELECT tasks FROM pilots "
+                               "WHERE pilot_id = 'pilot-v2'")
+        assert [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows] == [
+            stored], rows
 
 
 def test_cpu_packing(h: Harness) -> None:

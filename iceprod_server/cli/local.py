@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import getpass
 import json
 import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 
+from iceprod_server import log_format
 from iceprod_server.cli.common import (
     EXIT_EXISTS,
     EXIT_USAGE,
@@ -118,6 +122,11 @@ def cmd_init(args: argparse.Namespace) -> None:
         else:
             lines.append('# db_url = "mysql+mysqldb://USER@HOST/DATABASE" (default: SQLite '
                          'in this directory)')
+        lines += ["", "# IceProd 2 pilots fetch module sources given as relative paths from",
+                  "# <url>/download/<path> without credentials; to serve files/public/ to",
+                  "# anyone (uploads there too), uncomment:",
+                  "# [files]",
+                  '# access = { "" = "any", "public" = "anonymous" }']
         conf.write_text("\n".join(lines) + "\n")
         print(f"wrote {conf}")
     secret = data_dir / "cookie_secret"
@@ -127,6 +136,12 @@ def cmd_init(args: argparse.Namespace) -> None:
         _write_private(secret, secrets.token_urlsafe(48) + "\n")
         print(f"wrote {secret} (mode 600)")
     config = _config(args)
+    public = config.files_dir / "public"
+    if public.is_dir():
+        print(f"kept {public}")
+    else:
+        public.mkdir(parents=True)
+        print(f"created {public} (module sources for IceProd 2 pilots: [files] access)")
     try:
         before, after = upgrade_with_report(config.database_url)
     except Exception as e:  # connection refused, access denied, unknown database...
@@ -167,16 +182,26 @@ def _short(e: BaseException) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    def load_config() -> Config:
+        return _config(args, host=args.host, port=args.port, log_level=args.log_level,
+                       processes=args.processes, log_format=args.log_format)
+
+    config = load_config()
+    if config.processes > 1:
+        # before the metrics module is first imported: workers then write their metrics
+        # to files there, which a scrape of any worker adds up
+        metrics_dir = tempfile.mkdtemp(prefix="iceprod-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
     from iceprod_server import server
     from iceprod_server.db.migrate import SchemaOutdated, check_schema
     from iceprod_server.executors.database import run_unit
 
-    config = _config(args, host=args.host, port=args.port, log_level=args.log_level)
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise CLIError(f"unknown log level {config.log_level!r}")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format.configure(level, config.log_format)
     engine = _engine(config)
     try:
         run_unit(engine, lambda s: check_schema(s.connection(), config.data_dir),
@@ -188,7 +213,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     finally:
         engine.dispose()
     try:
-        asyncio.run(server.serve(config))
+        if config.processes > 1:
+            from iceprod_server.supervisor import Supervisor
+
+            sys.exit(Supervisor(config, config.processes, load_config).run())
+        asyncio.run(server.serve(config, reload=load_config))
     except SchemaOutdated as e:
         raise CLIError(str(e), EXIT_USAGE) from e
     except ConfigError as e:
@@ -238,12 +267,13 @@ def cmd_passkey_issue(args: argparse.Namespace) -> None:
 
     config = _config(args)
     key = _run(config, users.issue_passkey, args.role, args.user, args.site, args.expires,
-               args.description)
+               args.description, args.lease)
     print(key["passkey"])
     print(f"passkey {key['key_id']}: role {key['role']}"
           + (f", user {key['username']}" if key.get("username") else "")
           + (f", site {key['site_id']}" if key.get("site_id") else "")
-          + (f", expires {when(key['expires'])}" if key.get("expires") else ", no expiry"),
+          + (f", expires {when(key['expires'])}" if key.get("expires") else ", no expiry")
+          + (f", lease {key['lease_seconds']:g} s" if key.get("lease_seconds") else ""),
           file=sys.stderr)
 
 
@@ -268,8 +298,34 @@ def cmd_passkey_list(args: argparse.Namespace) -> None:
         state = "revoked" if k["revoked"] else "expired" if k["expired"] else "active"
         rows.append([k["key_id"], k["role"], k["username"] or "", k["site_id"] or "", state,
                      when(k["created"]), when(k["expires"]) if k["expires"] else "never",
+                     f"{k['lease_seconds']:g}" if k["lease_seconds"] else "default",
                      k["description"]])
     print(table(["key id", "role", "user", "site", "state", "created", "expires",
-                  "description"], rows))
+                  "lease s", "description"], rows))
 
 
+
+
+# ---------------------------------------------------------------- backups
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    from iceprod_server.cli.backup import backup
+
+    config = _config(args)
+    _run(config, lambda s: None, write=False)  # the schema is this version's
+    print(backup(config, Path(args.out)))
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    from iceprod_server.cli.backup import restore
+    from iceprod_server.db.migrate import current_revision, head_revision
+
+    config = _config(args)
+    # the target must be a data directory made by init: its database has a schema
+    _run(config, lambda s: None, write=False)
+    print(restore(config, Path(args.source)))
+    revision = _run(config, lambda s: current_revision(s.connection()), check=False,
+                    write=False)
+    if revision != head_revision():
+        print(f"the backup's schema is {revision}, this version's {head_revision()}: run "
+              f"`{PROG} migrate --data-dir {args.data_dir}` before serving")

@@ -10,6 +10,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
+import iceprod_server
+from iceprod_server import examples
 from iceprod_server.cli import local, remote
 from iceprod_server.cli.common import EXIT_ERROR, PROG, CLIError
 
@@ -25,6 +27,17 @@ class _Formatter(argparse.HelpFormatter):
 
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def _bundled_examples() -> str:
+    """The example configs that come with the server, for the epilog of ``submit``."""
+    folder = examples.examples_dir()
+    names = examples.list_examples()
+    if folder is None or not names:
+        return ""
+    lines = [f"{name:<18} {examples.summary(name, 60)}" for name in names]
+    return (f"\n\nbundled example configs, in {folder}/:\n"
+            + textwrap.indent("\n".join(lines), "  "))
 
 
 def _data_dir(p: argparse.ArgumentParser, db_url: bool = True) -> None:
@@ -60,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
             {PROG} submit conf/examples/two_tasks.json --njobs 20 --passkey $KEY
             {PROG} status --url http://127.0.0.1:8080
             """) + "\n\nRun COMMAND --help for the options of each command.")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {iceprod_server.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("init", formatter_class=fmt, help="create a data directory and database",
@@ -75,16 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", formatter_class=fmt, help="run the server",
                        description="Serve the web pages and JSON-RPC at /jsonrpc until SIGINT "
-                       "or SIGTERM. GET /healthz answers 200 once the server is ready. "
-                       "Several processes may serve one MariaDB database.",
+                       "or SIGTERM, which stop gracefully: new connections are refused, "
+                       "requests in flight finish (up to shutdown_grace seconds). SIGHUP "
+                       "re-reads iceprod.toml and applies the options that can change live. "
+                       "GET /healthz answers 200 once the server is ready. Several "
+                       "processes may serve one MariaDB database (--processes, or separate "
+                       "serve commands on their own ports).",
                        epilog=_examples(f"""
                            {PROG} serve --data-dir var --port 8080
                            {PROG} serve --data-dir var --host 0.0.0.0 --log-level DEBUG
+                           {PROG} serve --data-dir var --processes 4
                            """))
     _data_dir(p)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8080)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   help="text lines, or one JSON object per line (default text)")
+    p.add_argument("--processes", metavar="N", type=int,
+                   help="worker processes sharing the port, each with its own event loop, "
+                        "pools and database connections; a dying worker is restarted "
+                        "(default 1)")
     p.set_defaults(func=local.cmd_serve)
 
     p = sub.add_parser("migrate", formatter_class=fmt, help="upgrade the database schema",
@@ -134,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                             KEY=$({PROG} passkey issue --data-dir var --role pilot)
                             {PROG} passkey issue --data-dir var --role admin --user admin \\
                                 --expires 3600
+                            {PROG} passkey issue --data-dir var --role pilot --lease 600 \\
+                                --description "iceprod-pilot, heartbeat every 60 s"
                             """))
     q.add_argument("--role", required=True, choices=("pilot", "user", "admin"))
     q.add_argument("--user", metavar="NAME", help="the user the key acts for")
@@ -141,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--expires", metavar="SECONDS", type=float,
                    help="lifetime in seconds (default: no expiry)")
     q.add_argument("--description", default="", help="a note shown by passkey list")
+    q.add_argument("--lease", metavar="SECONDS", type=float,
+                   help="seconds a task claimed with this key may go without a call about "
+                        "it before it is reset as lost (default: the server's "
+                        "lease_seconds, 7200)")
     _data_dir(q)
     q.set_defaults(func=local.cmd_passkey_issue)
     q = psub.add_parser("revoke", formatter_class=fmt, help="revoke a passkey",
@@ -159,6 +191,33 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir(q)
     q.set_defaults(func=local.cmd_passkey_list)
 
+    p = sub.add_parser("backup", formatter_class=fmt, help="copy the database while serving",
+                       description="Write a consistent copy of the database to FILE while "
+                       "the server keeps serving: SQLite's online backup, or mariadb-dump "
+                       "--single-transaction for MariaDB/MySQL (needs the mariadb client "
+                       "tools). Every change committed before the backup began is in it.",
+                       epilog=_examples(f"""
+                           {PROG} backup --data-dir var --out /backup/iceprod-$(date +%F).db
+                           """))
+    _data_dir(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="the backup file to write "
+                   "(written under a temporary name, then renamed)")
+    p.set_defaults(func=local.cmd_backup)
+
+    p = sub.add_parser("restore", formatter_class=fmt, help="put a backup back",
+                       description="Replace the database of a data directory made by init "
+                       "with a backup written by `backup`. Stop the servers of that data "
+                       "directory first. The file must be the kind the database takes (a "
+                       "SQLite backup for SQLite, a dump for MariaDB/MySQL).",
+                       epilog=_examples(f"""
+                           {PROG} init --data-dir var2
+                           {PROG} restore --data-dir var2 --from /backup/iceprod-2026-12-05.db
+                           """))
+    _data_dir(p)
+    p.add_argument("--from", dest="source", required=True, metavar="FILE",
+                   help="the backup file")
+    p.set_defaults(func=local.cmd_restore)
+
     p = sub.add_parser("submit", formatter_class=fmt, help="submit a dataset to a server",
                        description="Submit a dataset config (IceProd JSON, version 3) and "
                        "print its dataset id. Validation problems are printed one per line.",
@@ -166,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                            {PROG} submit conf/examples/two_tasks.json --njobs 20 \\
                                --url http://127.0.0.1:8080 --passkey $KEY
                            {PROG} submit sim.json --njobs 1000 --priority 2 --group simprod
-                           """))
+                           """) + _bundled_examples())
     p.add_argument("config", metavar="CONFIG.json", help="dataset config file")
     p.add_argument("--njobs", type=int, required=True, help="number of jobs")
     p.add_argument("--description", help="description (default: the config's)")

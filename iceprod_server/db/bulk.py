@@ -43,7 +43,8 @@ def move_tasks(s: Session, conditions: Sequence[ColumnElement[bool]],
     """Move the tasks matching ``conditions`` that are in ``from_states`` to ``to_state``,
     dropping any claim and lease; returns how many moved."""
     values: dict[str, Any] = {"status": to_state, "status_changed": now, "claim": None,
-                              "claimed_by": None, "lease_expires": None}
+                              "claimed_by": None, "lease_expires": None,
+                              "retry_after": None}  # a human's reset runs at once
     if clear_failures:
         values["failures"] = 0
     return changed(s, update(Task).where(*conditions, Task.status.in_(tuple(from_states)))

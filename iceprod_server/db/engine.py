@@ -23,7 +23,8 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
     ``BEGIN IMMEDIATE`` when the connection is marked for writing (execution option
     ``iceprod_write``), so two writers queue on the busy timeout instead of failing when one
     upgrades a read lock. MariaDB/MySQL runs through mysqlclient at READ COMMITTED with
-    pre-ping and recycle so that connections dropped by the server are replaced.
+    pre-ping and recycle so that connections dropped by the server are replaced, with
+    connect, read and write timeouts and ``max_statement_time`` of ``timeout`` seconds.
     """
     if is_sqlite(url):
         engine = create_engine(
@@ -57,7 +58,8 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
     query = dict(parsed.query)
     query.setdefault("charset", "utf8mb4")
     parsed = parsed.set(query=query)
-    return create_engine(
+    seconds = int(max(timeout, 1))
+    engine = create_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -65,5 +67,22 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
         pool_recycle=pool_recycle,
         pool_timeout=timeout,
         isolation_level="READ COMMITTED",
-        connect_args={"connect_timeout": int(max(timeout, 1))},
+        # a database that accepts connections and then never answers (stopped, a network
+        # that drops packets) must not hold a thread for ever: every socket wait is bounded
+        connect_args={"connect_timeout": seconds, "read_timeout": seconds,
+                      "write_timeout": seconds},
     )
+
+    @event.listens_for(engine, "connect")
+    def _on_mysql_connect(dbapi_conn: Any, _record: Any) -> None:
+        # a statement that runs longer than a unit of work may take is stopped by the
+        # server itself (MariaDB; MySQL has no such variable and ignores the attempt)
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"SET SESSION max_statement_time = {float(timeout)}")
+        except Exception as e:  # MySQL: unknown variable
+            log.debug("max_statement_time not set: %s", e)
+        finally:
+            cur.close()
+
+    return engine

@@ -124,6 +124,9 @@ class Passkey(Base):
     created: Mapped[float] = mapped_column(Double)
     expires: Mapped[float | None] = mapped_column(Double, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # seconds a task claimed with this key lives without a call about it; NULL: the
+    # server's lease_seconds
+    lease_seconds: Mapped[float | None] = mapped_column(Double, nullable=True)
 
 
 class Dataset(Base):
@@ -218,6 +221,15 @@ class Task(Base):
     claim: Mapped[str | None] = mapped_column(String(64), nullable=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires: Mapped[float | None] = mapped_column(Double, nullable=True)
+    # the claimants of the latest attempt and of the one before, kept after their claims
+    # end: a late caller hears "stop" (stillrunning false) and may still upload its logs
+    last_claimant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prev_claimant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the latest attempt that its claimant ended (finish_task, task_error), and when
+    reported_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reported_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    # a failed task waits in reset until this time before it is queued again
+    retry_after: Mapped[float | None] = mapped_column(Double, nullable=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     req_cpu: Mapped[int] = mapped_column(Integer, default=1)
     req_gpu: Mapped[int] = mapped_column(Integer, default=0)

@@ -195,6 +195,7 @@ def _task_dict(t: Task) -> dict[str, Any]:
             "job_index": t.job_index, "task_index": t.task_index, "name": t.name,
             "status": t.status, "status_changed": t.status_changed,
             "attempt": t.attempt, "failures": t.failures, "lease_expires": t.lease_expires,
+            "retry_after": t.retry_after,
             "requirements": {"cpu": t.req_cpu, "gpu": t.req_gpu, "memory": t.req_memory,
                              "disk": t.req_disk, "time": t.req_time,
                              "os": os_from_column(t.req_os)}}

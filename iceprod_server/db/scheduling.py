@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from iceprod_server.db.ids import new_ids
@@ -19,15 +19,20 @@ from iceprod_server.db.models import (
     Dataset,
     Group,
     Job,
+    JsonCol,
     Task,
     TaskCount,
     TaskDef,
     TaskDefDep,
+    TaskStat,
 )
+from iceprod_server.db.tasks import Backoff
 from iceprod_server.db.util import changed
 from iceprod_server.requirements import os_column
 
 LIVE = ("idle", "waiting", "queued", "processing", "reset", "resume")
+# the stats of an attempt whose lease ran out
+LOST = {"error": "lost contact", "reason": "lease expired"}
 FINAL = ("complete", "failed")
 
 
@@ -90,16 +95,49 @@ def _insert_jobs(s: Session, dataset_id: str, start: int, count: int) -> int:
     return count
 
 
-def return_to_idle(s: Session, batch: int) -> int:
-    """reset and resume tasks go back to idle, where dependencies are checked again."""
-    ids = s.scalars(select(Task.task_id).where(Task.status.in_(("reset", "resume")))
-                    .limit(batch)).all()
+def expire_leases(s: Session, now: float, max_resets: int, batch: int = 1000,
+                  backoff: Backoff = Backoff()) -> int:
+    """Processing tasks whose lease ran out count a failure ("lost contact"), set-based:
+    one statement per (debug, failures) group of the batch, which sets the back-off."""
+    rows = s.execute(
+        select(Task.task_id, Task.failures, Dataset.debug)
+        .join(Dataset, Dataset.dataset_id == Task.dataset_id)
+        .where(Task.status == "processing", Task.lease_expires < now)
+        .limit(batch)
+    ).all()
+    count = 0
+    for debug, failures in sorted({(bool(r.debug), r.failures) for r in rows}):
+        ids = [r.task_id for r in rows if (bool(r.debug), r.failures) == (debug, failures)]
+        expired = and_(Task.task_id.in_(ids), Task.status == "processing",
+                       Task.lease_expires < now, Task.failures == failures)
+        s.execute(insert(TaskStat).from_select(
+            ["task_id", "dataset_id", "attempt", "created", "error", "hostname", "stats"],
+            select(Task.task_id, Task.dataset_id, Task.attempt, literal(now), literal(True),
+                   literal(""), literal(LOST, JsonCol)).where(expired)))
+        status = literal("suspended") if debug else case(
+            (Task.failures + 1 >= max_resets, "failed"), else_="reset")
+        count += changed(s,
+            update(Task).where(expired)
+            .values(status=status, status_changed=now, failures=Task.failures + 1,
+                    lease_expires=None, claim=None, claimed_by=None,
+                    retry_after=now + backoff.after(failures + 1))
+        )
+    return count
+
+
+def return_to_idle(s: Session, batch: int, now: float | None = None) -> int:
+    """resume tasks, and reset tasks whose retry back-off is over, go back to idle, where
+    dependencies are checked again."""
+    now = time.time() if now is None else now
+    due = or_(Task.status == "resume",
+              and_(Task.status == "reset",
+                   or_(Task.retry_after.is_(None), Task.retry_after <= now)))
+    ids = s.scalars(select(Task.task_id).where(due).limit(batch)).all()
     if not ids:
         return 0
-    return changed(s, update(Task).where(Task.task_id.in_(ids),
-                                         Task.status.in_(("reset", "resume")))
+    return changed(s, update(Task).where(Task.task_id.in_(ids), due)
                    .values(status="idle", status_changed=time.time(), claim=None,
-                           claimed_by=None, lease_expires=None))
+                           claimed_by=None, lease_expires=None, retry_after=None))
 
 
 def release_ready(s: Session, batch: int) -> int:

@@ -5,6 +5,12 @@ pilot's call, the claim it holds), so concurrent callers and server processes ca
 win: the loser sees zero rows changed and gets -32004. Claiming takes the best queued rows
 with ``FOR UPDATE SKIP LOCKED`` on MariaDB (SQLite serialises writers with BEGIN IMMEDIATE),
 in index order, so a claim costs the same whatever the queue length.
+
+A task keeps the claimants of its last two attempts and when its claimant last reported
+an attempt, so a late caller is told to stop (``stillrunning`` false) rather than refused,
+and may still upload the logs of the attempt it reported, as IceProd 2 pilots do after
+``task_error``. A failed attempt makes the task wait in ``reset`` for a back-off that
+doubles with each failure.
 """
 
 from __future__ import annotations
@@ -16,13 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, case, insert, literal, or_, select, update
+from sqlalchemy import Integer, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
     DatasetConfig,
-    JsonCol,
     Pilot,
     Task,
     TaskLog,
@@ -35,6 +40,20 @@ from iceprod_server.requirements import os_from_column
 # a resource overuse makes the requirement grow by this factor on the next attempt
 OVERUSE_GROWTH = 1.5
 GROWABLE = ("memory", "disk", "time")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a failed task waits before it is queued again: ``delay`` seconds after the
+    first failure, doubled with each further one, at most ``limit``."""
+
+    delay: float = 10.0
+    limit: float = 3600.0
+
+    def after(self, failures: int) -> float:
+        if self.delay <= 0:
+            return 0.0
+        return min(self.limit, self.delay * 2.0 ** min(max(failures - 1, 0), 40))
 
 
 @dataclass(frozen=True)
@@ -71,9 +90,16 @@ def _requirements(t: Any) -> dict[str, Any]:
             "time": t.req_time, "os": os_from_column(t.req_os)}
 
 
+def _resources(t: Any) -> dict[str, int | float]:
+    """What a task was given, as IceProd 2 pilots account it: exactly these five numbers
+    (any other key, or a null, makes them refuse the task)."""
+    return {"cpu": int(t.req_cpu), "gpu": int(t.req_gpu), "memory": float(t.req_memory),
+            "disk": float(t.req_disk), "time": float(t.req_time)}
+
+
 # Statements of the hot path are built once; each call only binds values.
 _FIT_COLUMNS = (Task.task_id, Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk,
-                Task.req_time, Task.req_os)
+                Task.req_time, Task.req_os, Task.last_claimant)
 _FITTING = (
     select(*_FIT_COLUMNS)
     .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
@@ -86,15 +112,25 @@ _FITTING = (
     .limit(bindparam("b_limit", type_=Integer))
 )
 _FITTING_LOCKED = _FITTING.with_for_update(skip_locked=True)
+
+
+def _claim_values(now: Any, token: Any, claimant: Any, lease: Any) -> Any:
+    """The SET list of a claim, in order: MariaDB assigns left to right, each assignment
+    seeing the ones before, so the previous claimant is copied before it is replaced."""
+    return ((Task.prev_claimant, Task.last_claimant), (Task.last_claimant, claimant),
+            (Task.status, "processing"), (Task.status_changed, now),
+            (Task.attempt, Task.attempt + 1), (Task.claim, token),
+            (Task.claimed_by, claimant), (Task.lease_expires, lease))
+
+
 _CLAIM = (
     update(Task)
     .where(Task.task_id.in_(bindparam("b_ids", expanding=True)), Task.status == "queued")
-    .values(status="processing", status_changed=bindparam("b_now"),
-            attempt=Task.attempt + 1, claim=bindparam("b_token"),
-            claimed_by=bindparam("b_claimant"), lease_expires=bindparam("b_lease"))
+    .ordered_values(*_claim_values(bindparam("b_now"), bindparam("b_token"),
+                                   bindparam("b_claimant"), bindparam("b_lease")))
 )
 _CLAIMED = (
-    select(Task.task_id, Task.name, Task.job_id, Task.job_index, Task.attempt,
+    select(Task.task_id, Task.name, Task.job_index, Task.attempt,
            Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
            Task.req_os, Dataset.dataset_id, Dataset.dataset_num, Dataset.njobs,
            Dataset.debug, DatasetConfig.updated, DatasetConfig.config)
@@ -121,21 +157,48 @@ def _parsed_config(dataset_id: str, updated: float, text: str) -> Any:
     return found
 
 
+def _description(r: Any) -> dict[str, Any]:
+    """A claimed task as IceProd 2.3 servers sent it: the dataset config itself, with
+    ``dataset`` set to the dataset number and the task's options merged into ``options``."""
+    config = _parsed_config(r.dataset_id, r.updated, r.config)
+    desc: dict[str, Any] = dict(config) if isinstance(config, dict) else {}
+    options = dict(desc.get("options") or {})
+    options.update({
+        "task_id": r.task_id,
+        "task": r.name,
+        "dataset_id": r.dataset_id,
+        "dataset": r.dataset_num,
+        "job": r.job_index,
+        "jobs_submitted": r.njobs,
+        "debug": bool(r.debug),
+        "resources": _resources(r),
+        "attempt": r.attempt,
+    })
+    desc["options"] = options
+    desc["dataset"] = r.dataset_num
+    return desc
+
+
 def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
                 hostname: str = "") -> list[dict[str, Any]]:
     """Claim queued tasks that fit in ``offer``, best first, packing several while they fit.
 
-    Returns IceProd task descriptions: the dataset config and the task's options.
+    A task whose last attempt was this claimant's goes to it only when nothing else among
+    the best candidates fits, so a retry usually runs on another pilot. Returns IceProd
+    task descriptions (see :func:`_description`).
     """
     if offer.cpu < 1:
         return []
     query = _FITTING if s.get_bind().dialect.name == "sqlite" else _FITTING_LOCKED
     chosen: list[str] = []
     left = offer
-    rows = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu, "b_memory": offer.memory,
-                             "b_disk": offer.disk, "b_time": offer.time, "b_os": offer.os,
-                             "b_os_listed": _listed(offer.os),
-                             "b_limit": 2 * offer.cpu + 4})
+    found = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu,
+                              "b_memory": offer.memory, "b_disk": offer.disk,
+                              "b_time": offer.time, "b_os": offer.os,
+                              "b_os_listed": _listed(offer.os),
+                              "b_limit": 2 * offer.cpu + 4})
+    # stable: best first among tasks new to this claimant, then its own retries
+    rows = sorted(found, key=lambda row: row.last_claimant == claimant)
     for row in rows:
         req = _requirements(row)
         if left.fits(req):
@@ -149,26 +212,13 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
     token = secrets.token_hex(16)
     s.execute(_CLAIM, {"b_ids": chosen, "b_now": now, "b_token": token,
                        "b_claimant": claimant, "b_lease": now + lease_seconds})
-    return [{
-        "config": _parsed_config(r.dataset_id, r.updated, r.config),
-        "options": {
-            "task_id": r.task_id,
-            "task": r.name,
-            "dataset_id": r.dataset_id,
-            "dataset": r.dataset_num,
-            "job": r.job_index,
-            "job_id": r.job_id,
-            "jobs_submitted": r.njobs,
-            "debug": bool(r.debug),
-            "resources": _requirements(r),
-            "attempt": r.attempt,
-        },
-    } for r in s.execute(_CLAIMED, {"b_token": token})]
+    return [_description(r) for r in s.execute(_CLAIMED, {"b_token": token})]
 
 
 _HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.claim,
                Task.claimed_by, Task.failures, Task.req_cpu, Task.req_gpu, Task.req_memory,
-               Task.req_disk, Task.req_time, Task.req_os).where(
+               Task.req_disk, Task.req_time, Task.req_os, Task.last_claimant,
+               Task.prev_claimant, Task.reported_attempt, Task.reported_at).where(
     Task.task_id == bindparam("b_task_id"))
 
 
@@ -184,6 +234,23 @@ def _check_holder(task: Any, claimant: str, attempt: int | None) -> bool:
     return bool(task.claimed_by == claimant and (attempt is None or attempt == task.attempt))
 
 
+def _holds(task: Any, claimant: str, attempt: int | None = None) -> bool:
+    """True if the caller holds the task's current, live attempt."""
+    return task.status == "processing" and _check_holder(task, claimant, attempt)
+
+
+def _extend(s: Session, task_ids: list[str], claimant: str, lease_seconds: float) -> int:
+    """Any call from the claimant about its processing tasks renews their leases."""
+    if not task_ids:
+        return 0
+    return changed(s,
+        update(Task).where(Task.task_id.in_(task_ids), Task.status == "processing",
+                           Task.claimed_by == claimant)
+        .values(lease_expires=time.time() + lease_seconds)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def _conflict(task: Any, why: str) -> Conflict:
     return Conflict(why, {"task_id": task.task_id, "status": task.status,
                           "attempt": task.attempt})
@@ -193,16 +260,16 @@ def set_processing(s: Session, task_id: str, claimant: str, lease_seconds: float
                    attempt: int | None = None) -> bool:
     """Claim one queued task by id, or confirm a claim the caller already holds."""
     task = _held(s, task_id)
-    if task.status == "processing" and _check_holder(task, claimant, attempt):
+    if _holds(task, claimant, attempt):
+        _extend(s, [task_id], claimant, lease_seconds)
         return True
     if task.status != "queued":
         raise _conflict(task, f"task is {task.status}, not queued")
     now = time.time()
     rows = changed(s,
         update(Task).where(Task.task_id == task_id, Task.status == "queued")
-        .values(status="processing", status_changed=now, attempt=Task.attempt + 1,
-                claim=secrets.token_hex(16), claimed_by=claimant,
-                lease_expires=now + lease_seconds)
+        .ordered_values(*_claim_values(now, secrets.token_hex(16), claimant,
+                                       now + lease_seconds))
     )
     if rows != 1:
         raise _conflict(task, "task was claimed by another pilot")
@@ -211,21 +278,22 @@ def set_processing(s: Session, task_id: str, claimant: str, lease_seconds: float
 
 def still_running(s: Session, task_id: str, claimant: str, lease_seconds: float,
                   attempt: int | None = None) -> bool:
-    """True while the task is queued, or processing under the caller's claim (the lease is
-    extended); False once the caller's claim is gone (reset, suspended, expired)."""
+    """True while the caller holds the task's current attempt (its lease is extended).
+
+    False once that claim is gone (finished, failed, expired, reset, suspended, taken by
+    another pilot), for the claimant of either of the last two attempts or a caller naming
+    an older attempt: the pilot should stop the task. Anyone else, or an attempt that
+    never existed, gets -32004.
+    """
     task = _held(s, task_id)
-    if task.status == "queued":
-        return True
-    if task.claimed_by is not None and not _check_holder(task, claimant, attempt):
-        raise _conflict(task, "task is held by another claim")
-    if task.status != "processing" or task.claimed_by is None:
+    if attempt is not None and attempt > task.attempt:
+        raise _conflict(task, "no such attempt")
+    if _holds(task, claimant, attempt):
+        return _extend(s, [task_id], claimant, lease_seconds) == 1
+    if (attempt is not None and attempt < task.attempt) or claimant in (
+            task.last_claimant, task.prev_claimant):
         return False
-    rows = changed(s,
-        update(Task).where(Task.task_id == task_id, Task.status == "processing",
-                           Task.claim == task.claim)
-        .values(lease_expires=time.time() + lease_seconds)
-    )
-    return rows == 1
+    raise _conflict(task, "task is not claimed by the caller")
 
 
 def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
@@ -237,7 +305,8 @@ def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
     if task.status != "processing" or not _check_holder(task, claimant, attempt):
         raise _conflict(task, "task is not processing under this claim")
     now = time.time()
-    rows = changed(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now})
+    rows = changed(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now,
+                                "b_attempt": task.attempt})
     if rows != 1:
         raise _conflict(task, "task changed while finishing")
     _add_stat(s, task, now, stats, error=False)
@@ -248,7 +317,8 @@ _FINISH = (
     update(Task)
     .where(Task.task_id == bindparam("b_task_id"), Task.status == "processing",
            Task.claim == bindparam("b_claim"))
-    .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None)
+    .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None,
+            reported_attempt=bindparam("b_attempt"), reported_at=bindparam("b_now"))
 )
 _ADD_STAT = insert(TaskStat)
 
@@ -267,7 +337,7 @@ def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: b
 def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[str]:
     """Which of memory, disk and time the failed attempt ran out of."""
     found = set()
-    text = str(error_info.get("error", "")).lower()
+    text = str(error_info.get("error") or error_info.get("error_summary") or "").lower()
     for name in GROWABLE:
         if f"overuse for {name}" in text or f"{name} overuse" in text:
             found.add(name)
@@ -285,9 +355,11 @@ def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[s
 
 
 def task_error(s: Session, task_id: str, claimant: str, error_info: dict[str, Any],
-               max_resets: int, attempt: int | None = None) -> dict[str, Any]:
-    """Count a failure of the caller's attempt: reset, failed at max_resets, or suspended
-    for a debug dataset. A resource overuse grows that requirement 1.5x."""
+               max_resets: int, attempt: int | None = None,
+               backoff: Backoff = Backoff()) -> dict[str, Any]:
+    """Count a failure of the caller's attempt: reset (queued again after the back-off),
+    failed at max_resets, or suspended for a debug dataset. A resource overuse grows that
+    requirement 1.5x."""
     task = _held(s, task_id)
     if task.status in ("reset", "failed", "suspended") and _check_holder(task, claimant,
                                                                          attempt):
@@ -298,8 +370,11 @@ def task_error(s: Session, task_id: str, claimant: str, error_info: dict[str, An
     failures = task.failures + 1
     status = "suspended" if debug else ("failed" if failures >= max_resets else "reset")
     grow = overused(error_info, _requirements(task))
-    values: dict[str, Any] = {"status": status, "status_changed": time.time(),
-                              "failures": failures, "lease_expires": None}
+    now = time.time()
+    values: dict[str, Any] = {"status": status, "status_changed": now,
+                              "failures": failures, "lease_expires": None,
+                              "reported_attempt": task.attempt, "reported_at": now,
+                              "retry_after": now + backoff.after(failures)}
     for name in grow:
         values["req_" + name] = getattr(task, "req_" + name) * OVERUSE_GROWTH
     rows = changed(s,
@@ -308,30 +383,44 @@ def task_error(s: Session, task_id: str, claimant: str, error_info: dict[str, An
     )
     if rows != 1:
         raise _conflict(task, "task changed while reporting the error")
-    _add_stat(s, task, values["status_changed"], error_info, error=True)
+    _add_stat(s, task, now, error_info, error=True)
     return {"task_id": task_id, "status": status, "failures": failures, "grown": grow}
 
 
-def check_log_writer(s: Session, task_id: str, claimant: str) -> int:
-    """The attempt a log upload belongs to; the caller must hold or have held the claim."""
+def check_log_writer(s: Session, task_id: str, claimant: str, window: float) -> int:
+    """The attempt a log upload belongs to: the one the caller holds, or the one it
+    reported (finish_task, task_error) less than ``window`` seconds ago, even when the
+    task has moved on since."""
     task = _held(s, task_id)
-    if task.claimed_by != claimant:
-        raise _conflict(task, "logs may only be uploaded by the task's claim")
-    return task.attempt
+    if _holds(task, claimant):
+        return int(task.attempt)
+    reported = task.reported_attempt
+    if reported is not None and task.reported_at >= time.time() - window:
+        mine = {task.attempt: task.last_claimant, task.attempt - 1: task.prev_claimant}
+        if mine.get(reported) == claimant:
+            return int(reported)
+    raise _conflict(task, "logs may only be uploaded by the claimant of the current "
+                          "attempt, or of an attempt it reported a short while ago")
 
 
 def store_log(s: Session, task_id: str, claimant: str, name: str, size: int,
-              data: str | None, path: str | None) -> dict[str, Any]:
-    attempt = check_log_writer(s, task_id, claimant)
+              data: str | None, path: str | None, lease_seconds: float) -> dict[str, Any]:
+    attempt = check_log_writer(s, task_id, claimant, lease_seconds)
+    _extend(s, [task_id], claimant, lease_seconds)
     s.add(TaskLog(task_id=task_id, attempt=attempt, name=name, created=time.time(),
                   size=size, data=data, path=path))
-    return {"task_id": task_id, "name": name, "size": size}
+    return {"task_id": task_id, "name": name, "size": size, "attempt": attempt}
 
 
 def update_pilot(s: Session, pilot_id: str, key_id: str | None, hostname: str,
-                 tasks: list[Any], available: dict[str, Any],
-                 claimed: dict[str, Any]) -> None:
+                 tasks: list[str], available: dict[str, Any],
+                 claimed: dict[str, Any], claimant: str = "",
+                 lease_seconds: float = 0.0) -> None:
+    """Record a pilot's state; the caller's processing tasks among ``tasks`` get their
+    leases renewed."""
     now = time.time()
+    if claimant and lease_seconds > 0:
+        _extend(s, tasks[:1000], claimant, lease_seconds)
     rows = changed(s,
         update(Pilot).where(Pilot.pilot_id == pilot_id)
         .values(tasks=tasks, resources_available=available, resources_claimed=claimed,
@@ -341,37 +430,3 @@ def update_pilot(s: Session, pilot_id: str, key_id: str | None, hostname: str,
         s.execute(insert(Pilot).values(pilot_id=pilot_id, key_id=key_id, hostname=hostname,
                                        site="", tasks=tasks, resources_available=available,
                                        resources_claimed=claimed, last_update=now))
-
-
-def expire_leases(s: Session, now: float, max_resets: int, batch: int = 1000) -> int:
-    """Processing tasks whose lease ran out count a failure ("lost contact"), set-based."""
-    rows = s.execute(
-        select(Task.task_id, Dataset.debug)
-        .join(Dataset, Dataset.dataset_id == Task.dataset_id)
-        .where(Task.status == "processing", Task.lease_expires < now)
-        .limit(batch)
-    ).all()
-    count = 0
-    for debug in (False, True):
-        ids = [r.task_id for r in rows if bool(r.debug) == debug]
-        if not ids:
-            continue
-        expired = and_(Task.task_id.in_(ids), Task.status == "processing",
-                       Task.lease_expires < now)
-        s.execute(insert(TaskStat).from_select(
-            ["task_id", "dataset_id", "attempt", "created", "error", "hostname", "stats"],
-            select(Task.task_id, Task.dataset_id, Task.attempt, literal(now), literal(True),
-                   literal(""), literal(_LOST, JsonCol)).where(expired)))
-        status = literal("suspended") if debug else case(
-            (Task.failures + 1 >= max_resets, "failed"), else_="reset")
-        count += changed(s,
-            update(Task).where(expired)
-            .values(status=status, status_changed=now, failures=Task.failures + 1,
-                    lease_expires=None, claim=None, claimed_by=None)
-        )
-    return count
-
-
-_LOST = {"error": "lost contact", "reason": "lease expired"}
-
-

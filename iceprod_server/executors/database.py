@@ -9,6 +9,7 @@ the caller gets :class:`~iceprod_server.errors.Unavailable` (-32005, safe to ret
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
@@ -30,6 +31,8 @@ T = TypeVar("T")
 # MySQL error numbers worth running the unit again for
 _MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _MYSQL_DOWN = {2002, 2003, 2006, 2013}  # cannot connect, server gone away, lost connection
+# the statement ran past max_statement_time (MariaDB) / max_execution_time (MySQL)
+_MYSQL_TOO_LONG = {1969, 3024}
 
 
 def _retryable(err: DBAPIError) -> bool:
@@ -57,6 +60,9 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
             if e.connection_invalidated or _is_down(e):
                 log.warning("database unavailable: %s", e.orig)
                 raise Unavailable("database unavailable", {"detail": str(e.orig)}) from e
+            if _error_number(e) in _MYSQL_TOO_LONG:
+                log.warning("statement stopped after %.1f s: %s", timeout, e.orig)
+                raise Unavailable("database busy, try again", {"detail": str(e.orig)}) from e
             if not _retryable(e):
                 raise
             if time.monotonic() + delay > deadline:
@@ -68,11 +74,20 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
             raise Unavailable("no database connection available, try again") from e
 
 
+def _error_number(err: DBAPIError) -> int | None:
+    args: tuple[Any, ...] = tuple(getattr(err.orig, "args", ()))
+    return args[0] if args and isinstance(args[0], int) else None
+
+
 def _is_down(err: DBAPIError) -> bool:
     args: tuple[Any, ...] = tuple(getattr(err.orig, "args", ()))
     if args and args[0] in _MYSQL_DOWN:
         return True
     return "unable to open database file" in str(err.orig).lower()
+
+
+def _select_one(s: Session) -> None:
+    s.execute(text("SELECT 1"))
 
 
 class Database:
@@ -82,18 +97,48 @@ class Database:
         self.engine = engine
         self.executor = executor
         self.timeout = timeout
+        self._ping: asyncio.Future[None] | None = None
 
     @run_on_executor
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              write: bool) -> Any:
         return run_unit(self.engine, fn, *args, write=write, timeout=self.timeout, **kwargs)
 
+    async def _bounded(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any], write: bool, timeout: float) -> Any:
+        # The driver's own timeouts bound each socket wait of the thread; this bounds what
+        # the caller waits, queueing for a thread included, whatever the database does.
+        # A unit still running when it ends finishes (or fails) on its own; the caller
+        # was told -32005, which means "safe to retry".
+        try:
+            return await asyncio.wait_for(self._run(fn, args, kwargs, write), timeout)
+        except TimeoutError as e:
+            log.warning("database did not answer %s within %.1f s",
+                        getattr(fn, "__name__", "a unit of work"), timeout)
+            raise Unavailable(f"database did not answer within {timeout:g} s, try again"
+                              ) from e
+
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a unit of work that changes the database."""
-        result: T = await self._run(fn, args, kwargs, True)
+        result: T = await self._bounded(fn, args, kwargs, True, self.timeout)
         return result
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a read-only unit of work (on SQLite it does not take the write lock)."""
-        result: T = await self._run(fn, args, kwargs, False)
+        result: T = await self._bounded(fn, args, kwargs, False, self.timeout)
         return result
+
+    async def ping(self, timeout: float) -> bool:
+        """Whether the database answers ``SELECT 1`` within ``timeout`` seconds.
+
+        At most one ping is in flight: while one waits on a database that does not
+        answer, later calls wait on the same one instead of taking more threads."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._bounded(_select_one, (), {}, False,
+                                                             self.timeout))
+            self._ping.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ping), timeout)
+        except (Unavailable, TimeoutError):
+            return False
+        return True

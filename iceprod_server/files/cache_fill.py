@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from iceprod_server import metrics
 from iceprod_server.files import cache_store as store
 from iceprod_server.files.cache_store import Entry
 from iceprod_server.files.fetch import OnChunk, OnStart, SourceError
@@ -148,11 +149,13 @@ class Fill:
         try:
             found = await self.cache.open_entry(self.key, keep_open=True)
             if found is not None:
+                metrics.PROXY_CACHE_HITS.inc()
                 entry, self._rfd = found
                 self.size = self.written = entry.size
                 self.sha512 = entry.sha512
                 self.started = True
             else:
+                metrics.PROXY_CACHE_MISSES.inc()
                 await self._source(self._on_start, self._on_chunk)
                 if not self._admitted:
                     await self._admit()

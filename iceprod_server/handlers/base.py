@@ -13,8 +13,10 @@ import logging
 from typing import Any
 
 import tornado.escape
+import tornado.httputil
 import tornado.web
 
+from iceprod_server import log_format
 from iceprod_server.db import users
 from iceprod_server.errors import NotAuthenticated, Unavailable
 from iceprod_server.files import access
@@ -24,6 +26,17 @@ from iceprod_server.services import Services
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "iceprod_session"
+# the Authorization schemes the server accepts
+AUTH_SCHEMES = ("Bearer",)
+
+
+def _close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
+    """End a keep-alive connection after this answer, with ``Connection: close``, so that
+    its client opens its next connection to a server that is not stopping. Tornado has no
+    public switch for this; without it the connection is closed after the grace time."""
+    connection: Any = request.connection
+    if hasattr(connection, "_disconnect_on_finish"):
+        connection._disconnect_on_finish = True
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -31,6 +44,35 @@ class BaseHandler(tornado.web.RequestHandler):
     # whether the message of a 5xx HTTPError is shown (it is written for the caller), or
     # only the generic reason (it may describe internals)
     explains_server_errors = False
+    # whether a 401 says how to authenticate (WWW-Authenticate: Bearer): for routes that
+    # programs call with a passkey, not for pages
+    bearer_challenge = False
+
+    def __init__(self, application: tornado.web.Application,
+                 request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> None:
+        super().__init__(application, request, **kwargs)
+        given = request.headers.get("X-Request-Id") if self.from_trusted_proxy() else None
+        self.request_id = log_format.new_request_id(given)
+        log_format.REQUEST_ID.set(self.request_id)
+        self.set_header("X-Request-Id", self.request_id)
+        # counted until it finishes or its client goes away: a stopping server waits
+        self._in_flight = True
+        requests = self.services.requests
+        requests.enter()
+        if requests.draining:
+            _close_after_answer(request)
+
+    def _left(self) -> None:
+        if self._in_flight:
+            self._in_flight = False
+            self.services.requests.leave()
+
+    def on_finish(self) -> None:
+        self._left()
+
+    def on_connection_close(self) -> None:
+        self._left()
+        super().on_connection_close()
 
     @property
     def services(self) -> Services:
@@ -51,6 +93,21 @@ class BaseHandler(tornado.web.RequestHandler):
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
         return None
+
+    def refuse_other_schemes(self) -> None:
+        """An ``Authorization`` header that is not ``Bearer <passkey>`` is an error, not
+        an anonymous call: the caller meant to authenticate and would otherwise not know
+        why they are treated as anonymous."""
+        header = self.request.headers.get("Authorization")
+        if header is None or self.bearer_token() is not None:
+            return
+        scheme = header.partition(" ")[0]
+        if scheme.lower() == "bearer":
+            reason = "Authorization: Bearer without a passkey"
+        else:
+            reason = (f"Authorization scheme {scheme[:32]!r} is not accepted: send "
+                      "'Authorization: Bearer <passkey>' (or log in)")
+        raise NotAuthenticated(reason, {"schemes": list(AUTH_SCHEMES)})
 
     def peer_address(self) -> str:
         """The address of the TCP peer itself, which a client cannot forge (unlike
@@ -82,6 +139,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """Authenticate: Bearer header first, then the legacy params, then the login
         cookie (whose XSRF token the handler has checked already)."""
         auth = self.services.auth
+        self.refuse_other_schemes()
         token = self.bearer_token() or legacy_passkey
         pilot_ref = self.request.headers.get("X-IceProd-Pilot", "")
         if legacy_site_id is not None:
@@ -137,6 +195,9 @@ class BaseHandler(tornado.web.RequestHandler):
                 or ("application/json" in accept and "text/html" not in accept))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 401 and self.bearer_challenge:
+            # set here: send_error() clears the headers set before the error was raised
+            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
         reason = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message and (
@@ -156,6 +217,8 @@ class FileAccessHandler(BaseHandler):
     The XSRF token is checked in :meth:`authorize`, and only for a browser session on a
     state-changing request: a passkey caller has no cookie to forge."""
 
+    bearer_challenge = True
+
     # "the disk is full", "the source timed out": said for the caller
     explains_server_errors = True
 
@@ -170,6 +233,7 @@ class FileAccessHandler(BaseHandler):
         """The caller, if ``rule`` lets them in; else HTTP 401 (no or a bad credential)
         or 403 (a valid one without the role)."""
         try:
+            self.refuse_other_schemes()
             if self.bearer_token() is not None:
                 self.caller = await self.caller_from_request()
             else:
@@ -191,13 +255,6 @@ class FileAccessHandler(BaseHandler):
 
     def wants_json(self) -> bool:
         return True
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if status_code == 401:
-            # set here: send_error() clears the headers set before the error was raised
-            self.set_header("WWW-Authenticate", 'Bearer realm="iceprod"')
-        super().write_error(status_code, **kwargs)
-
 
 class PageHandler(BaseHandler):
     """A page: readable without login while ``public_read`` is on."""

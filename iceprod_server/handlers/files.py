@@ -368,6 +368,7 @@ class UploadHandler(FilesHandler):
         self.cleanup()
 
     def on_finish(self) -> None:
+        super().on_finish()
         self.cleanup()
 
     def cleanup(self) -> None:

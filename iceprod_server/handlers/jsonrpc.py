@@ -67,7 +67,9 @@ class JSONRPCHandler(BaseHandler):
         remote_ip = self.remote_ip()
 
         async def authenticate(passkey: str | None, site_id: str | None) -> Caller:
-            return await self.caller_from_request(passkey, site_id)
+            caller = await self.caller_from_request(passkey, site_id)
+            self.caller = caller  # for the access log's role
+            return caller
 
         answer = await self.dispatcher.handle_body(body, authenticate, remote_ip)
         self.set_status(200)

@@ -67,6 +67,7 @@ class LiveHandler(BaseHandler):
         if self.subscription is not None:
             broadcaster, subscriber = self.subscription
             broadcaster.unsubscribe(subscriber)
+        super().on_connection_close()
 
 
 class OverviewStream(LiveHandler):
@@ -93,7 +94,6 @@ class DatasetStream(LiveHandler):
         await self.stream(f"dataset/{dataset_id}", build)
 
 
-def routes(hub: LiveHub | None = None) -> list[tuple[str, type, dict[str, Any]]]:
-    hub = hub or LiveHub()
+def routes(hub: LiveHub) -> list[tuple[str, type, dict[str, Any]]]:
     return [(r"/live/overview", OverviewStream, {"hub": hub}),
             (r"/live/dataset/([0-9A-Za-z]{1,64})", DatasetStream, {"hub": hub})]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -19,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from iceprod_server import dataset_config, live
 from iceprod_server.db import users
+from iceprod_server.examples import EXAMPLE_NAME, list_examples, read_example
 from iceprod_server.handlers.base import AdminPageHandler, BaseHandler, PageHandler
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,6 @@ log = logging.getLogger(__name__)
 TASK_STATES = ("idle", "waiting", "queued", "processing", "reset", "resume", "suspended",
                "failed", "complete")
 DATASET_STATES = ("processing", "suspended", "truncated", "errors", "complete")
-
-PACKAGE = Path(__file__).resolve().parents[1]
-# examples inside an installed package first, then the repository checkout's conf/examples
-EXAMPLE_DIRS = (PACKAGE / "examples", PACKAGE.parent / "conf" / "examples")
-EXAMPLE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.json"
-
 
 def ordered(counts: dict[str, int], order: tuple[str, ...]) -> list[tuple[str, int]]:
     """``counts`` as (state, n) pairs in the usual order of states, unknown states last."""
@@ -55,30 +49,6 @@ def when(t: float | None) -> str:
 
 def percent(part: int, whole: int) -> float:
     return 100.0 * part / whole if whole else 0.0
-
-
-# --- example configs (blocking: run on the fs pool) ---------------------------------------
-
-def examples_dir() -> Path | None:
-    for folder in EXAMPLE_DIRS:
-        if folder.is_dir():
-            return folder
-    return None
-
-
-def list_examples() -> list[str]:
-    folder = examples_dir()
-    if folder is None:
-        return []
-    return sorted(p.name for p in folder.glob("*.json") if p.is_file())
-
-
-def read_example(name: str) -> str | None:
-    """The text of example ``name``; None if there is no such example."""
-    if name not in list_examples():
-        return None
-    folder = examples_dir()
-    return (folder / name).read_text("utf-8") if folder else None
 
 
 # --- units of work -----------------------------------------------------------------------

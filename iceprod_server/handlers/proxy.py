@@ -21,6 +21,7 @@ from typing import Any
 import tornado.http1connection
 import tornado.web
 
+from iceprod_server import metrics
 from iceprod_server.files.allow import AllowList, Refused, Target
 from iceprod_server.files.cache import Cache, ClientGone
 from iceprod_server.files.fetch import Fetcher, SourceError
@@ -106,6 +107,7 @@ class _ProxyHandler(FileAccessHandler):
 
     def on_connection_close(self) -> None:
         self.gone = True
+        super().on_connection_close()
 
     async def answer(self, request: ProxyRequest) -> None:
         config = self.services.config
@@ -180,6 +182,7 @@ class _ProxyHandler(FileAccessHandler):
         if self.gone:
             raise ClientGone("the caller went away")
         self.write(chunk)
+        metrics.PROXY_BYTES.inc(len(chunk))
         flushed = self.flush()
         self.queued += len(chunk)
         if self.queued < HIGH_WATER:

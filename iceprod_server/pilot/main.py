@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 from iceprod_server.client import IceProdClient, RPCError
+from iceprod_server.pilot.spool import LogSpool
 from iceprod_server.pilot.task import TaskRun
 
 log = logging.getLogger("iceprod_pilot")
@@ -114,6 +115,8 @@ class Pilot:
         self.tasks_started = 0
         self.failed = False
         self._update_pilot = True
+        self.spool = LogSpool(Path(args.log_spool) if args.log_spool
+                              else self.scratch / "log-spool")
 
     # -- resources
 
@@ -141,6 +144,7 @@ class Pilot:
         idle_since = time.monotonic()
         delay = 0.5
         while not self.stopping.is_set():
+            self.spool.flush(self.client.call)
             if self._reap() or self.runs:
                 idle_since = time.monotonic()
             limit = self.args.max_tasks
@@ -205,14 +209,27 @@ class Pilot:
                 continue
             run = TaskRun(desc, self.scratch, self.hostname, self.pilot_id, self.client,
                           on_done=self.wakeup.set, keep_scratch=self.args.keep_scratch,
-                          skip_class_modules=self.args.skip_class_modules)
+                          skip_class_modules=self.args.skip_class_modules,
+                          spool=self.spool)
             with self.lock:
                 self.runs[run.task_id] = run
             self.tasks_started += 1
             log.info("task %s (%s, dataset %s, job %s) started", run.task_id, run.task_name,
                      run.options.get("dataset"), run.options.get("job"))
             run.start()
+            self._confirm(run)
         return len(tasks)
+
+    def _confirm(self, run: TaskRun) -> None:
+        """Tell the server at once that the claim arrived: until then it holds the task
+        only for its short first-contact time (a claim whose answer was lost in a crash
+        goes back to the queue)."""
+        try:
+            if self.client.call("stillrunning", task_id=run.task_id,
+                                attempt=run.attempt) is False:
+                run.drop("server says the task is no longer ours")
+        except RPCError as e:
+            log.warning("stillrunning(%s) failed: %s", run.task_id, e)
 
     def _give_back(self, desc: dict[str, Any]) -> None:
         options = desc.get("options") or {}
@@ -286,7 +303,12 @@ class Pilot:
             run.stop("pilot stopped")
         for run in runs:
             run.join()
-        if not self.args.scratch and not self.args.keep_scratch:
+        self.spool.flush(self.client.call)
+        left = self.spool.pending()
+        if left:
+            log.warning("%d logs the server never took are in %s", len(left),
+                        self.spool.directory)
+        if not self.args.scratch and not self.args.keep_scratch and not left:
             shutil.rmtree(self.scratch, ignore_errors=True)
         log.info("pilot %s done: %d tasks started", self.pilot_id, self.tasks_started)
 
@@ -330,15 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "src, instead of reporting their task as an error; each one "
                              "left out is logged and listed in the attempt's stats "
                              "(skipped_class_modules)")
+    parser.add_argument("--log-spool", metavar="DIR",
+                        help="where task logs wait while the server is away, to be sent "
+                             "when it is back (default: SCRATCH/log-spool)")
     parser.add_argument("--hostname", help="host name reported to the server")
     parser.add_argument("--max-tasks", type=int, metavar="N", help="exit after N tasks")
     parser.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS",
-                        help="stillrunning interval; at most the server's lease/3 "
-                             "(default 60)")
+                        help="stillrunning interval; at most a third of the passkey's "
+                             "lease (default 60)")
     parser.add_argument("--poll-interval", type=float, default=10.0, metavar="SECONDS",
                         help="longest wait between new_task calls while idle (default 10)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="timeout of each request to the server (default 60)")
+    parser.add_argument("--retries", type=int, default=5, metavar="N",
+                        help="times a call is repeated, with backoff, while the server does "
+                             "not answer (default 5); logs that still could not be sent "
+                             "wait in --log-spool")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO or WARNING")
     return parser
 
@@ -361,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pilot_id = str(uuid.uuid4())
     try:
         client = IceProdClient(args.url, passkey=args.passkey, timeout=args.timeout,
-                               pilot_ref=pilot_id)
+                               pilot_ref=pilot_id, retries=args.retries)
     except ValueError as e:
         print(f"iceprod-pilot: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-# IceProd expressions the pilot itself can fill in; others are left as written
-_EXPR = re.compile(r"\$\((\w+)\)")
+# IceProd expressions the pilot itself can fill in: ``$(name)`` and ``$steering(name)``;
+# others (``$eval(...)``, ``$sprintf(...)``) are left as written
+_EXPR = re.compile(r"\$(\(|steering\()([\w:.\-]+)\)")
+# a parameter may name another; this bounds the chain (and a loop)
+_MAX_DEPTH = 10
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 DOWNLOAD_TIMEOUT = 300.0
 
@@ -31,11 +34,28 @@ class StagingError(Exception):
 
 
 def substitute(text: str, values: dict[str, Any]) -> str:
-    """Replace ``$(job)``, ``$(dataset)``, ``$(jobs_submitted)``, ``$(iter)`` ... in text."""
+    """Replace ``$(job)``, ``$(dataset)``, ``$(jobs_submitted)``, ``$(iter)``, a parameter's
+    ``$(name)`` or ``$steering(name)`` ... in text. A parameter's value may use expressions
+    too; names not in ``values`` are left as written."""
     def repl(m: re.Match[str]) -> str:
-        return str(values[m.group(1)]) if m.group(1) in values else m.group(0)
+        return str(values[m.group(2)]) if m.group(2) in values else m.group(0)
 
-    return _EXPR.sub(repl, text)
+    for _ in range(_MAX_DEPTH):
+        replaced = _EXPR.sub(repl, text)
+        if replaced == text:
+            break
+        text = replaced
+    return text
+
+
+def parameters(config: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """The named values a task's expressions may use: the steering parameters, overridden
+    by the task's own ``parameters``."""
+    found: dict[str, Any] = {}
+    for params in ((config.get("steering") or {}).get("parameters"), task.get("parameters")):
+        if isinstance(params, dict):
+            found.update(params)
+    return found
 
 
 def module_args(args: Any, values: dict[str, Any]) -> list[str]:

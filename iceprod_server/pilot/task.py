@@ -29,9 +29,11 @@ from iceprod_server.pilot.modules import (
     data_entries,
     module_command,
     module_env,
+    parameters,
     stage_in,
     stage_out,
 )
+from iceprod_server.pilot.spool import LogSpool, server_away
 
 log = logging.getLogger("iceprod_pilot")
 
@@ -97,8 +99,10 @@ class TaskRun(threading.Thread):
 
     def __init__(self, desc: dict[str, Any], scratch_root: Path, hostname: str,
                  pilot_id: str, client: IceProdClient, on_done: Callable[[], None],
-                 keep_scratch: bool = False, skip_class_modules: bool = False) -> None:
-        self.config: dict[str, Any] = desc.get("config") or {}
+                 keep_scratch: bool = False, spool: LogSpool | None = None,
+                 skip_class_modules: bool = False) -> None:
+        # the dataset config itself, the task's options merged into its options
+        self.config: dict[str, Any] = desc
         self.options: dict[str, Any] = desc.get("options") or {}
         self.task_id = str(self.options.get("task_id", ""))
         self.task_name = str(self.options.get("task", ""))
@@ -115,6 +119,7 @@ class TaskRun(threading.Thread):
         self.skip_class_modules = skip_class_modules
         # IceTray class modules left out under --skip-class-modules, for the stats
         self.skipped: list[str] = []
+        self.spool = spool
         self.usage = Usage()
         self.stdlog: list[str] = []
         self._cancel = threading.Event()
@@ -191,7 +196,9 @@ class TaskRun(threading.Thread):
         task = self._find_task()
         if task is None:
             return f"task {self.task_name!r} is not in the dataset config"
+        # the pilot's own facts win over parameters of the same name
         values: dict[str, Any] = {
+            **parameters(self.config, task),
             "job": self.options.get("job", 0), "dataset": self.options.get("dataset", 0),
             "jobs_submitted": self.options.get("jobs_submitted", 0),
             "dataset_id": self.options.get("dataset_id", ""), "task_id": self.task_id,
@@ -325,8 +332,11 @@ class TaskRun(threading.Thread):
                 "stderr": _read_tail(self.dir / "stderr"),
                 "stdlog": "\n".join(self.stdlog) + "\n"}
         for name, text in logs.items():
+            data = _pack(text)
             try:
-                self.client.call("upload_logfile", task=self.task_id, name=name,
-                                 data=_pack(text))
+                self.client.call("upload_logfile", task=self.task_id, name=name, data=data)
             except RPCError as e:
-                log.warning("task %s: upload of %s failed: %s", self.task_id, name, e)
+                if self.spool is not None and server_away(e):
+                    self.spool.save(self.task_id, name, data)
+                else:
+                    log.warning("task %s: upload of %s failed: %s", self.task_id, name, e)

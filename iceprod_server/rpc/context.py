@@ -20,6 +20,8 @@ class Caller:
     pilot_ref: str = ""
     # when the passkey that authenticated the caller expires (epoch seconds)
     expires: float | None = None
+    # the passkey's own task lease in seconds (None: the server's lease_seconds)
+    lease_seconds: float | None = None
 
     @property
     def claimant(self) -> str:

@@ -1,5 +1,10 @@
 """The JSON-RPC 2.0 dispatcher behind ``POST /jsonrpc``.
 
+The body first: JSON that does not parse, or nests deeper than
+:data:`~iceprod_server.rpc.values.MAX_DEPTH`, is -32700; an empty batch, or one longer
+than ``max_batch_length``, is one -32600. A batch runs :data:`BATCH_SLICE` calls at a time
+and lets other callers in between.
+
 Order of checks for each request object: its shape (-32600), the caller's credentials
 (-32001, whatever the method), the method (-32601), the caller's role (-32001 anonymous,
 -32002 otherwise), the params (-32602); then the method runs, and domain errors become their
@@ -16,7 +21,7 @@ from typing import Any
 
 from iceprod_server import errors
 from iceprod_server.errors import IceProdError
-from iceprod_server.rpc import jsonclass
+from iceprod_server.rpc import jsonclass, values
 from iceprod_server.rpc.context import Caller, Context
 from iceprod_server.rpc.registry import REGISTRY, bind
 
@@ -25,6 +30,8 @@ log = logging.getLogger(__name__)
 # (legacy passkey param, legacy site_id param) -> Caller
 Authenticate = Callable[[str | None, str | None], Awaitable[Caller]]
 _MISSING = object()
+# a batch runs this many calls at a time, and lets other callers in between
+BATCH_SLICE = 50
 
 
 def error_object(code: int, message: str | None = None,
@@ -53,28 +60,42 @@ class Dispatcher:
             text = body.decode("utf-8")
             payload = jsonclass.loads(text)
         except (UnicodeDecodeError, ValueError) as e:
-            return jsonclass.dumps(_response(None, error=error_object(
-                errors.PARSE_ERROR, data={"reason": f"invalid JSON: {e}"})))
+            return _error_text(errors.PARSE_ERROR, f"invalid JSON: {e}")
+        except RecursionError:
+            return _error_text(errors.PARSE_ERROR, "invalid JSON: nested too deep")
+        limit = self.services.config.max_batch_length
         if isinstance(payload, list):
             if not payload:
-                return jsonclass.dumps(_response(None, error=error_object(
-                    errors.INVALID_REQUEST, data={"reason": "empty batch"})))
+                return _error_text(errors.INVALID_REQUEST, "empty batch")
+            if len(payload) > limit:
+                return _error_text(errors.INVALID_REQUEST,
+                                   f"a batch holds at most {limit} calls, got {len(payload)}")
+        if values.too_deep(payload):
+            return _error_text(errors.PARSE_ERROR, "arrays and objects nested deeper than "
+                               f"{values.MAX_DEPTH} levels")
+        if not isinstance(payload, list):
+            return await self.handle_one(payload, authenticate, remote_ip)
+        answers: list[str] = []
+        for start in range(0, len(payload), BATCH_SLICE):
+            if start:
+                # let other callers in between slices of a long batch
+                await asyncio.sleep(0)
             results = await asyncio.gather(
-                *(self.handle_one(r, authenticate, remote_ip) for r in payload))
-            answers = [r for r in results if r is not None]
-            return jsonclass.dumps(answers) if answers else None
-        answer = await self.handle_one(payload, authenticate, remote_ip)
-        return jsonclass.dumps(answer) if answer is not None else None
+                *(self.handle_one(r, authenticate, remote_ip)
+                  for r in payload[start:start + BATCH_SLICE]))
+            answers.extend(r for r in results if r is not None)
+        return "[" + ",".join(answers) + "]" if answers else None
 
     async def handle_one(self, req: Any, authenticate: Authenticate,
-                         remote_ip: str) -> dict[str, Any] | None:
+                         remote_ip: str) -> str | None:
+        """The encoded response to one request object (None for a notification)."""
         req_id = req.get("id") if isinstance(req, dict) else None
-        if not isinstance(req_id, str | int | float) or isinstance(req_id, bool):
+        if not _valid_id(req_id):
             req_id = None
         problem = _shape_problem(req)
         if problem:
-            return _response(req_id, error=error_object(errors.INVALID_REQUEST,
-                                                        data={"reason": problem}))
+            return jsonclass.dumps(_response(req_id, error=error_object(
+                errors.INVALID_REQUEST, data={"reason": problem})))
         notification = "id" not in req
         name = req["method"]
         params = req.get("params", [])
@@ -89,9 +110,11 @@ class Dispatcher:
                 method = REGISTRY.get(name)
                 if method is None or "site_id" not in method.param_names:
                     site_id = params.pop("site_id", None)
-                if passkey is not None and not isinstance(passkey, str):
+                if passkey is not None and not (isinstance(passkey, str)
+                                                and values.utf8_ok(passkey)):
                     raise errors.NotAuthenticated("passkey must be a string")
-                if site_id is not None and not isinstance(site_id, str):
+                if site_id is not None and not (isinstance(site_id, str)
+                                                and values.utf8_ok(site_id)):
                     raise errors.NotAuthenticated("site_id must be a string")
             caller = await authenticate(passkey, site_id)
             result = await self.call(name, params, caller, remote_ip)
@@ -109,7 +132,14 @@ class Dispatcher:
             response = _response(req_id, result)
         log.debug("rpc %s role=%s outcome=%s %.1fms", name, caller.role if caller else "?",
                   outcome, (time.monotonic() - started) * 1000)
-        return None if notification else response
+        if notification:
+            return None
+        try:
+            return jsonclass.dumps(response)
+        except (TypeError, ValueError, RecursionError):
+            log.exception("cannot encode the result of %s", name)
+            return jsonclass.dumps(_response(req_id, error=error_object(
+                errors.INTERNAL_ERROR)))
 
     async def call(self, name: str, params: list[Any] | dict[str, Any], caller: Caller,
                    remote_ip: str = "") -> Any:
@@ -127,6 +157,17 @@ class Dispatcher:
         return await method.func(ctx, **kwargs)
 
 
+def _error_text(code: int, reason: str) -> str:
+    return jsonclass.dumps(_response(None, error=error_object(code, data={"reason": reason})))
+
+
+def _valid_id(req_id: Any) -> bool:
+    """A string, or a number that JSON can carry back (finite; integers within 64 bits)."""
+    if isinstance(req_id, bool) or not isinstance(req_id, str | int | float):
+        return False
+    return not values.problems(req_id, "id")
+
+
 def _shape_problem(req: Any) -> str:
     if not isinstance(req, dict):
         return "a request must be a JSON object"
@@ -136,8 +177,7 @@ def _shape_problem(req: Any) -> str:
         return 'member "method" must be a string'
     if "params" in req and not isinstance(req["params"], list | dict):
         return 'member "params" must be an array or an object'
-    if "id" in req and (not isinstance(req["id"], str | int | float | type(None))
-                        or isinstance(req["id"], bool)):
+    if "id" in req and req["id"] is not None and not _valid_id(req["id"]):
         return 'member "id" must be a string, a number or null'
     extra = set(req) - {"jsonrpc", "method", "params", "id"}
     if extra:

@@ -11,6 +11,8 @@ import datetime
 import json
 from typing import Any
 
+from iceprod_server.rpc.values import finite_copy
+
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, datetime.datetime):
@@ -44,7 +46,13 @@ def _hook(obj: dict[str, Any]) -> Any:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_default, separators=(",", ":"), allow_nan=False)
+    """JSON text of ``obj``; a non-finite number (stored before input was checked for
+    them) is written as null rather than failing the whole reply."""
+    try:
+        return json.dumps(obj, default=_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(finite_copy(obj), default=_default, separators=(",", ":"),
+                          allow_nan=False)
 
 
 def loads(text: str | bytes) -> Any:

@@ -1,9 +1,13 @@
-"""Pilot methods, with IceProd 2's names and parameters so its pilots can talk to us.
+"""Pilot methods, with IceProd 2's names, parameters and answers so its pilots can talk
+to us unmodified.
 
-Every call about a task must come from the claim that holds it (the passkey, plus the
-``X-IceProd-Pilot`` header when pilots share a key, and the ``attempt`` when given);
-anything else gets -32004 and changes nothing. Repeating a call that already took effect
-succeeds and changes nothing.
+Every call about a task must come from the claimant that holds it, and name the current
+``attempt`` when it names one; anything else gets -32004 and changes nothing. The claimant
+is the passkey plus the ``X-IceProd-Pilot`` header, or, without the header (IceProd 2
+pilots of one submission share a key and send none), the passkey plus the caller's
+address. Repeating a call that already took effect succeeds and changes nothing. Any call
+from the claimant about its task renews the lease: the passkey's own lease, else the
+server's ``lease_seconds``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from iceprod_server.db import tasks as task_db
-from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams
+from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
+from iceprod_server.files.storage import storage_full
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, ANYONE, PILOT, Id, rpc_method
 
@@ -28,6 +33,22 @@ LOG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 async def echo(ctx: Context, value: Any = None) -> Any:
     """Return ``value`` unchanged: a connectivity check."""
     return value
+
+
+def _claimant(ctx: Context) -> str:
+    caller = ctx.caller
+    if caller.pilot_ref or not ctx.remote_ip:
+        return caller.claimant
+    return f"{caller.claimant}@{ctx.remote_ip}"
+
+
+def _lease(ctx: Context) -> float:
+    return ctx.caller.lease_seconds or ctx.services.config.lease_seconds
+
+
+def _backoff(ctx: Context) -> task_db.Backoff:
+    config = ctx.services.config
+    return task_db.Backoff(config.retry_delay_seconds, config.retry_max_delay_seconds)
 
 
 def _count(value: Any) -> int:
@@ -47,10 +68,12 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
 
     ``memory`` and ``disk`` are in GB, ``time`` in hours. Several tasks are packed into the
     offer while they fit; a task needing a GPU goes only to a pilot offering one. Returns a
-    list (empty when there is no work) of task descriptions: ``config`` (the dataset
-    config) and ``options`` with task_id, task (name), dataset_id, dataset (number), job
-    (index), jobs_submitted, debug, resources and attempt. Each task is now ``processing``
-    under the caller's claim and must be kept alive with ``stillrunning``.
+    list (empty when there is no work) of task descriptions as IceProd 2.3 servers sent
+    them: the dataset config itself, with ``dataset`` set to the dataset number and the
+    task's options merged into ``options``: task_id, task (name), dataset_id, dataset
+    (number), job (index), jobs_submitted, debug, resources (exactly cpu, gpu,
+    memory, disk, time) and attempt. Each task is now ``processing`` under the caller's
+    claim, whose lease any call about the task renews.
     """
     offer = task_db.Offer(
         cpu=int(cpu if cpu is not None else 1), gpu=_count(gpu),
@@ -59,24 +82,39 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
         time=float(time if time is not None else 24.0), os=os or None)
     if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
         raise InvalidParams("resources offered must not be negative")
-    return await ctx.services.db.write(task_db.claim_tasks, ctx.caller.claimant, offer,
-                                       ctx.services.config.lease_seconds, hostname or "")
+    return await ctx.services.db.write(task_db.claim_tasks, _claimant(ctx), offer,
+                                       first_lease(ctx), hostname or "")
+
+
+def first_lease(ctx: Context) -> float:
+    """Seconds a new claim lives before the pilot's first call about it.
+
+    A pilot that names itself (``X-IceProd-Pilot``, as the reference pilot does) confirms
+    each claim with ``stillrunning`` at once; until then the claim lives only
+    ``first_contact_seconds``, so a claim whose answer was lost (the server or the link
+    went down while answering) goes back to the queue soon instead of after the whole
+    lease. IceProd 2 pilots, which first call ``stillrunning`` only once a module runs
+    (after their downloads), get the whole lease from the start."""
+    lease = _lease(ctx)
+    if ctx.caller.pilot_ref:
+        return min(ctx.services.config.first_contact_seconds, lease)
+    return lease
 
 
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
 async def set_processing(ctx: Context, task_id: Id, attempt: int | None = None) -> bool:
     """Claim one queued task by id (or confirm the caller's own claim): -> processing."""
-    return await ctx.services.db.write(task_db.set_processing, task_id, ctx.caller.claimant,
-                                       ctx.services.config.lease_seconds, attempt)
+    return await ctx.services.db.write(task_db.set_processing, task_id, _claimant(ctx),
+                                       _lease(ctx), attempt)
 
 
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
 async def stillrunning(ctx: Context, task_id: Id, attempt: int | None = None) -> bool:
-    """Heartbeat: true while the task is queued or processing under the caller's claim,
-    and extends its lease; false once the claim is gone (the pilot should stop the task).
-    Call at least every lease/3 seconds."""
-    return await ctx.services.db.write(task_db.still_running, task_id, ctx.caller.claimant,
-                                       ctx.services.config.lease_seconds, attempt)
+    """Heartbeat: true while the caller holds the task's current attempt, and renews its
+    lease; false once that claim is gone (the pilot should stop the task); -32004 for a
+    caller that never held it."""
+    return await ctx.services.db.write(task_db.still_running, task_id, _claimant(ctx),
+                                       _lease(ctx), attempt)
 
 
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
@@ -85,7 +123,7 @@ async def finish_task(ctx: Context, task_id: Id, stats: dict[str, Any] | None = 
     """The caller's attempt succeeded: processing -> complete, with a task_stat row
     (hostname, time_used, resources and whatever else ``stats`` holds). A repeat by the
     same claim succeeds and changes nothing; any other caller gets -32004."""
-    result = await ctx.services.db.write(task_db.finish_task, task_id, ctx.caller.claimant,
+    result = await ctx.services.db.write(task_db.finish_task, task_id, _claimant(ctx),
                                          stats or {}, attempt)
     if not result["repeated"]:
         ctx.services.wake_scheduler()  # the job's next task may now be released
@@ -96,13 +134,14 @@ async def finish_task(ctx: Context, task_id: Id, stats: dict[str, Any] | None = 
 async def task_error(ctx: Context, task_id: Id, error_info: dict[str, Any] | None = None,
                      attempt: int | None = None) -> dict[str, Any]:
     """The caller's attempt failed: the failure is counted and stored; the task becomes
-    ``reset`` (tried again), ``failed`` once failures reach max_resets, or ``suspended`` for
-    a debug dataset. A resource overuse in ``error_info`` (``resources`` used above the
-    requirement, or "Resource overuse for memory" in ``error``) grows that requirement 1.5x.
+    ``reset`` (queued again after the retry back-off, preferably for another pilot),
+    ``failed`` once failures reach max_resets, or ``suspended`` for a debug dataset. A
+    resource overuse in ``error_info`` (``resources`` used above the requirement, or
+    "Resource overuse for memory" in ``error``) grows that requirement 1.5x.
     """
-    result = await ctx.services.db.write(task_db.task_error, task_id, ctx.caller.claimant,
+    result = await ctx.services.db.write(task_db.task_error, task_id, _claimant(ctx),
                                          error_info or {}, ctx.services.config.max_resets,
-                                         attempt)
+                                         attempt, _backoff(ctx))
     ctx.services.wake_scheduler()
     return result
 
@@ -123,8 +162,15 @@ def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.{os.urandom(4).hex()}.log"
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(text)
-    tmp.replace(target)
+    try:
+        tmp.write_bytes(text)
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays
+        if storage_full(e):
+            # the pilot may try again later (the reference pilot keeps the log meanwhile)
+            raise Unavailable("no space left for the log on the server") from e
+        raise
     return str(target.relative_to(root))
 
 
@@ -132,33 +178,53 @@ def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
 async def upload_logfile(ctx: Context, task: Id, name: str, data: str | bytes) -> dict[str, Any]:
     """Store a log of the caller's attempt: ``stdout``, ``stderr``, ``stdlog`` or any name
     (letters, digits, ``_.-``). ``data`` is plain text or zlib+base64 text. Logs larger than
-    the configured ``log_inline_max`` are kept in files under the data directory."""
+    the configured ``log_inline_max`` are kept in files under the data directory.
+
+    The claimant may still upload the logs of an attempt it ended with ``finish_task`` or
+    ``task_error`` for a lease's length afterwards; they attach to that attempt."""
     if not LOG_NAME.match(name):
         raise InvalidParams("log name may use letters, digits and _ . - (at most 64)")
     text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
     text = _decode_log(text)
     encoded = text.encode("utf-8")
     db = ctx.services.db
-    claimant = ctx.caller.claimant
-    await db.read(task_db.check_log_writer, task, claimant)
+    claimant = _claimant(ctx)
+    await db.read(task_db.check_log_writer, task, claimant, _lease(ctx))
     path = None
     inline: str | None = text
     if len(encoded) > ctx.services.config.log_inline_max:
         path = await ctx.services.run_fs(_write_log_file, ctx.services.config.path(), task,
                                          name, encoded)
         inline = None
-    return await db.write(task_db.store_log, task, claimant, name, len(encoded), inline, path)
+    return await db.write(task_db.store_log, task, claimant, name, len(encoded), inline, path,
+                          _lease(ctx))
+
+
+def _task_ids(tasks: Any) -> list[str]:
+    """IceProd 2 pilots send the task ids comma-separated ("" when idle); others a list."""
+    if tasks is None:
+        return []
+    if isinstance(tasks, str):
+        items: list[Any] = tasks.split(",")
+    elif isinstance(tasks, list | tuple | dict):
+        items = list(tasks)
+    else:
+        items = [tasks]
+    ids = [str(t).strip() for t in items if not isinstance(t, dict | list)]
+    return [t for t in ids if t]
 
 
 @rpc_method(PILOT, ADMIN)
-async def update_pilot(ctx: Context, pilot_id: str, tasks: list[Any] | None = None,
+async def update_pilot(ctx: Context, pilot_id: str, tasks: Any = None,
                        resources_available: dict[str, Any] | None = None,
                        resources_claimed: dict[str, Any] | None = None,
                        hostname: str = "") -> bool:
-    """Record a pilot's state: the tasks it runs and its resources, free and claimed."""
+    """Record a pilot's state: the tasks it runs (a list of ids, or IceProd 2's
+    comma-separated string) and its resources, free and claimed. The leases of the
+    caller's tasks among them are renewed."""
     if not pilot_id or len(pilot_id) > 64:
         raise InvalidParams("pilot_id must be 1 to 64 characters")
     await ctx.services.db.write(task_db.update_pilot, pilot_id, ctx.caller.key_id, hostname,
-                                tasks or [], resources_available or {},
-                                resources_claimed or {})
+                                _task_ids(tasks), resources_available or {},
+                                resources_claimed or {}, _claimant(ctx), _lease(ctx))
     return True

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 from iceprod_server.errors import InvalidParams
+from iceprod_server.rpc import limits, values
 
 # Roles a method may name. PUBLIC: anyone, anonymous included, while ``public_read`` is on
 # (an authenticated caller always may). ANYONE: always, anonymous included.
@@ -108,6 +109,11 @@ def bind(method: Method, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
             bound[p.name] = check_type(given[p.name], hint, p.name)
         except TypeError as e:
             problems.append(str(e))
+            continue
+        problems.extend(values.problems(bound[p.name], p.name))
+        size = limits.size_problem(method.name, p.name, bound[p.name])
+        if size:
+            problems.append(size)
     if problems:
         raise InvalidParams(f"invalid params for {method.name}: {'; '.join(problems)}",
                             {"problems": problems})
@@ -178,7 +184,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         _, val = get_args(hint)
         return {k: check_type(v, val, f"{where}.{k}") for k, v in value.items()}
     if base is float:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError as e:  # an integer beyond the range of a double
+            raise TypeError(f"{where}: number too large") from e
     return value
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +13,6 @@ from iceprod_server.client import IceProdClient
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def iceprod2_configs_dir() -> Path:
-    """The IceProd 2 configs: ``$ICEPROD2_CONFIGS``, else ``../shared/iceprod2-configs``."""
-    given = os.environ.get("ICEPROD2_CONFIGS")
-    if given:
-        return Path(given)
-    return REPO.parent / "shared" / "iceprod2-configs"
 
 
 def module(name: str, src: str = "python3", args: Any = "-c pass") -> dict[str, Any]:

@@ -75,20 +75,24 @@ def render_for_syntax_check(text: str, certs: Certs, directory: Path,
     return text
 
 
-def render_for_test(text: str, certs: Certs, directory: Path, upstream_port: int,
-                    port: int, redirect_port: int, uploads: Path | None = None) -> str:
-    """Plain HTTP on ``port`` (the HTTPS server's locations unchanged), proxying to the
-    server on ``upstream_port``, with nginx's own temporary files under ``directory``."""
+def render_for_test(text: str, certs: Certs, directory: Path, upstream_port: int | list[int],
+                    port: int, redirect_port: int, uploads: Path | None = None,
+                    https: bool = False) -> str:
+    """Plain HTTP on ``port`` (the HTTPS server's locations unchanged), or with ``https``
+    TLS as the deploy config has it, proxying to the server(s) on ``upstream_port``, with
+    nginx's own temporary files under ``directory``."""
     text = render_for_syntax_check(text, certs, directory, uploads)
     temp_paths = "".join(f"    {name}_temp_path {directory / name};\n"
                          for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    ports = upstream_port if isinstance(upstream_port, list) else [upstream_port]
+    servers = "".join(f"        server 127.0.0.1:{p} max_fails=0;\n" for p in ports)
     for old, new in (
-        ("listen 443 ssl;", f"listen 127.0.0.1:{port};"),
+        ("listen 443 ssl;", f"listen 127.0.0.1:{port}{' ssl' if https else ''};"),
         ("        listen [::]:443 ssl;\n", ""),
         ("listen 80;", f"listen 127.0.0.1:{redirect_port};"),
         ("        listen [::]:80;\n", ""),
-        ("server 127.0.0.1:8081;", f"server 127.0.0.1:{upstream_port};"),
-        ("        server 127.0.0.1:8082;\n", ""),
+        ("        server 127.0.0.1:8081 max_fails=0;\n        server 127.0.0.1:8082 max_fails=0;\n",
+         servers),
         ("/opt/iceprod/.venv/lib/python3.11/site-packages/iceprod_server/static/",
          f"{STATIC_DIR}/"),
         ("http {\n", "http {\n" + temp_paths),
@@ -124,17 +128,20 @@ class Nginx:
         stop_process(self.proc)
 
 
-def start_nginx(directory: Path, upstream_port: int, uploads: Path | None = None) -> Nginx:
-    """nginx with the test variant of deploy/nginx.conf in front of ``upstream_port``,
-    buffering upload bodies in ``uploads`` (default: :func:`upload_dir` of
-    ``directory``); returns once it accepts connections."""
+def start_nginx(directory: Path, upstream_port: int | list[int],
+                uploads: Path | None = None, certs: Certs | None = None,
+                https: bool = False) -> Nginx:
+    """nginx with the test variant of deploy/nginx.conf in front of ``upstream_port``
+    (one server or several), buffering upload bodies in ``uploads`` (default:
+    :func:`upload_dir` of ``directory``), over TLS with ``certs`` when ``https``; returns
+    once it accepts connections."""
     uploads = uploads or upload_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    certs = make_certs(directory / "certs")
+    certs = certs or make_certs(directory / "certs")
     port = unused_port()
     conf = directory / "nginx.conf"
     conf.write_text(render_for_test(DEPLOY_CONF.read_text(), certs, directory, upstream_port,
-                                    port, unused_port(), uploads))
+                                    port, unused_port(), uploads, https))
     proc = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(conf),
                              "-g", "daemon off;"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

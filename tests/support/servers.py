@@ -33,6 +33,8 @@ PASSWORD = "correct-horse-battery"
 DEFAULT_ENV = {
     "ICEPROD_SCHEDULER_INTERVAL": "0.5",
     "ICEPROD_LOG_LEVEL": "INFO",
+    # a failed task is queued again at once (tests of the back-off set their own)
+    "ICEPROD_RETRY_DELAY_SECONDS": "0",
 }
 
 
@@ -131,8 +133,9 @@ class Deployment:
         return name
 
     def passkey(self, role: str, user: str | None = None,
-                expires: float | None = None) -> str:
-        """Issue a passkey; a user or admin key is bound to ``user`` (made if needed)."""
+                expires: float | None = None, lease: float | None = None) -> str:
+        """Issue a passkey; a user or admin key is bound to ``user`` (made if needed);
+        ``lease``: the key's own task lease in seconds."""
         args = ["passkey", "issue", "--role", role]
         if role in ("user", "admin"):
             user = user or f"{role}1"
@@ -141,6 +144,8 @@ class Deployment:
             args += ["--user", user]
         if expires is not None:
             args += ["--expires", str(expires)]
+        if lease is not None:
+            args += ["--lease", str(lease)]
         out = self.cli(*args).stdout.strip()
         assert out and len(out.split()) == 1, f"passkey issue printed more than a key: {out!r}"
         return out

@@ -60,14 +60,16 @@ class CertificateAuthority:
         """The authority's certificate (PEM): what a client must trust."""
         return self.directory / "ca.pem"
 
-    def issue(self, name: str, names: tuple[str, ...] = DEFAULT_NAMES) -> ServerCertificate:
-        """A server certificate ``<name>.pem`` (key ``<name>.key``) signed by this
-        authority, with ``names`` as its subjectAltName."""
+    def issue(self, name: str, names: tuple[str, ...] = DEFAULT_NAMES,
+              usage: str = "serverAuth") -> ServerCertificate:
+        """A certificate ``<name>.pem`` (key ``<name>.key``) signed by this authority, with
+        ``names`` as its subjectAltName; ``usage`` "clientAuth" makes a client
+        certificate (subject ``/O=<authority>/CN=<name>``)."""
         extensions = self.directory / f"{name}.ext"
         extensions.write_text(
             "basicConstraints = critical,CA:FALSE\n"
             "keyUsage = critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
+            f"extendedKeyUsage = {usage}\n"
             f"subjectAltName = {','.join(names)}\n")
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
                  "-out", f"{name}.csr", "-subj", f"/O={self.name}/CN={name}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,17 @@ import pytest
 from iceprod_server import dataset_config
 
 REPO = Path(__file__).resolve().parents[2]
-ICEPROD2 = Path(os.environ.get("ICEPROD2_CONFIGS", REPO.parent / "shared" / "iceprod2-configs"))
-REAL_CONFIGS = sorted(ICEPROD2.glob("*.json"))
-EXAMPLES = sorted((REPO / "conf" / "examples").glob("*.json"))
+EXAMPLES_DIR = REPO / "conf" / "examples"
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.json"))
 
 
 def small(*tasks: dict[str, Any]) -> dict[str, Any]:
     return {"version": 3, "tasks": list(tasks) or [{"name": "only"}]}
 
 
-def real(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((ICEPROD2 / name).read_text())
+def example(name: str) -> dict[str, Any]:
+    """One of the bundled configs in IceProd 2's format (conf/examples)."""
+    loaded: dict[str, Any] = json.loads((EXAMPLES_DIR / name).read_text())
     return loaded
 
 
@@ -33,11 +32,23 @@ def test_schema_is_valid_json_schema() -> None:
     jsonschema.validators.validator_for(schema).check_schema(schema)
 
 
-def test_the_three_iceprod2_configs_are_accepted_as_they_are() -> None:
-    assert len(REAL_CONFIGS) == 3, f"expected 3 IceProd 2 configs in {ICEPROD2}"
-    for path in REAL_CONFIGS:
-        config = json.loads(path.read_text())
-        assert dataset_config.validate(config) == [], path.name
+def test_what_iceprod2_writes_into_its_configs_is_accepted() -> None:
+    """IceProd 2's own configs carry the dataset number, a parent id, categories, null for
+    empty sections, requirements with only some keys, and modules that name a
+    ``running_class`` with an empty ``src``."""
+    config = example("simulation.json")
+    config.update({"dataset": 30004, "parent_id": 41, "categories": [], "difplus": None})
+    config["steering"].update({"batchsys": None, "system": {}, "resources": []})
+    config["tasks"][0]["requirements"] = {"disk": 20}
+    config["tasks"][2]["requirements"] = {"disk": 20, "gpu": 1, "memory": 3.5}
+    module = config["tasks"][1]["trays"][0]["modules"][0]
+    module.update({"src": "", "running_class": "icecube.simprod.modules.MuonPropagator",
+                   "args": {"seed": "$steering(seed)", "skipoptions": ["compress"],
+                            "MakeFIFO": False, "pgam": [2.65, 2.6]},
+                   "env_shell": "/cvmfs/icecube.opensciencegrid.org/py2-v2/icetray-env x"})
+    module["data"] = [{"compression": False, "local": "corsika.i3.gz", "movement": "output",
+                       "remote": "", "type": "job_temp"}]
+    assert dataset_config.validate(config) == []
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -45,11 +56,13 @@ def test_example_configs_are_accepted(path: Path) -> None:
     assert dataset_config.validate(json.loads(path.read_text())) == []
 
 
-def test_iceprod2_dependencies_and_requirements() -> None:
-    config = real("corsika_le.json")
-    assert dataset_config.task_dependencies(config) == [[], [], [0, 1]]
-    hits = dataset_config.task_requirements(config["tasks"][2])
-    assert hits == {"cpu": 1, "gpu": 1, "memory": 3.5, "disk": 20.0, "time": 1.0, "os": None}
+def test_example_dependencies_and_requirements() -> None:
+    config = example("simulation.json")
+    # generate <- propagate <- photons <- detector, which also names generate by index
+    assert dataset_config.task_dependencies(config) == [[], [0], [1], [2, 0]]
+    photons = dataset_config.task_requirements(config["tasks"][2])
+    assert photons == {"cpu": 1, "gpu": 1, "memory": 3.5, "disk": 2.0, "time": 1.0, "os": None}
+    assert dataset_config.task_dependencies(example("filtering.json")) == [[], [0], [1]]
 
 
 def test_missing_tasks_is_refused() -> None:
@@ -63,8 +76,9 @@ def test_not_an_object_is_refused() -> None:
 
 
 def test_bad_movement_is_refused_with_its_path() -> None:
-    config = real("corsika_le.json")
-    config["tasks"][2]["trays"][0]["modules"][0]["data"][0]["movement"] = "sideways"
+    config = example("simulation.json")
+    config["tasks"][2]["trays"][0]["modules"][0]["data"] = [
+        {"local": "photons.i3.zst", "remote": "", "type": "job_temp", "movement": "sideways"}]
     problems = dataset_config.validate(config)
     assert len(problems) == 1, problems
     assert problems[0].startswith("$.tasks[2].trays[0].modules[0].data[0].movement:"), problems
@@ -86,7 +100,7 @@ def test_task_needs_a_name() -> None:
 
 
 def test_duplicate_task_names_are_refused() -> None:
-    config = real("corsika_he.json")
+    config = example("simulation.json")
     config["tasks"][2]["name"] = "generate"
     problems = dataset_config.validate(config)
     assert any(p.startswith("$.tasks[2].name:") and "duplicate" in p for p in problems), \
@@ -123,7 +137,7 @@ def test_version_must_be_2_or_3() -> None:
 
 
 def test_extra_keys_and_empty_sections_are_allowed() -> None:
-    config = copy.deepcopy(real("corsika_le.json"))
+    config = copy.deepcopy(example("simulation.json"))
     config["something_new"] = {"x": 1}
     config["tasks"][0]["another"] = None
     config["steering"]["batchsys"] = None
@@ -171,7 +185,7 @@ def test_requirement_expression_that_cannot_be_evaluated_is_a_problem(value: str
 
 
 def test_config_as_json_text() -> None:
-    text = (ICEPROD2 / "numu_le.json").read_text()
+    text = (EXAMPLES_DIR / "filtering.json").read_text()
     assert dataset_config.validate(dataset_config.parse(text)) == []
     with pytest.raises(ValueError):
         dataset_config.parse("{not json")

@@ -26,6 +26,12 @@ REQUIREMENT_DEFAULTS: dict[str, Any] = {
     "cpu": 1, "gpu": 0, "memory": 1.0, "disk": 1.0, "time": 1.0, "os": None,
 }
 NUMERIC = ("cpu", "gpu", "memory", "disk", "time")
+# beyond any machine (and within the columns): cores, GPUs, GB, GB, hours
+REQUIREMENT_MAX: dict[str, float] = {
+    "cpu": 100_000, "gpu": 10_000, "memory": 1e9, "disk": 1e9, "time": 1e6,
+}
+# how much of an expression a problem quotes
+_QUOTE_MAX = 120
 # the req_os column's width
 OS_COLUMN_MAX = 64
 
@@ -63,7 +69,10 @@ def _arithmetic(text: str) -> float:
     try:
         tree = ast.parse(text.strip(), mode="eval")
         return float(value(tree.body))
-    except (SyntaxError, ZeroDivisionError, OverflowError, TypeError) as e:
+    except RequirementError:
+        raise
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError,
+            RecursionError, MemoryError) as e:
         raise RequirementError(f"$eval({text}) cannot be evaluated: {e}") from e
 
 
@@ -80,7 +89,8 @@ def _closing(text: str, start: int) -> int:
 def expand(text: str, steering: dict[str, Any], depth: int = 0) -> str:
     """``text`` with its ``$steering(...)`` and ``$eval(...)`` replaced by their values."""
     if depth > _MAX_DEPTH:
-        raise RequirementError("steering parameters refer to each other in a loop")
+        raise RequirementError("expressions nested too deep, or steering parameters that "
+                               "refer to each other in a loop")
     job = _JOB_VALUE.search(text)
     if job:
         raise RequirementError(f"{job.group(0)} is known only when the job is made")
@@ -156,8 +166,14 @@ def task_requirements(task: dict[str, Any], steering: dict[str, Any] | None = No
     for key in NUMERIC:
         try:
             value = evaluate(given.get(key), steering or {})
+            if value is not None and value > REQUIREMENT_MAX[key]:
+                raise RequirementError(f"more than {REQUIREMENT_MAX[key]:g}")
         except RequirementError as e:
-            raise RequirementError(f"requirements.{key} {given.get(key)!r}: {e}") from None
+            quoted = repr(given.get(key))
+            if len(quoted) > _QUOTE_MAX:
+                quoted = quoted[:_QUOTE_MAX] + "..."
+            detail = str(e)[:2 * _QUOTE_MAX]
+            raise RequirementError(f"requirements.{key} {quoted}: {detail}") from None
         if value is None:
             out[key] = REQUIREMENT_DEFAULTS[key]
         else:

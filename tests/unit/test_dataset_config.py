@@ -184,6 +184,15 @@ def test_requirement_expression_that_cannot_be_evaluated_is_a_problem(value: str
     assert repr(value) in problems[0] and named in problems[0], problems
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("cpu", 10**30), ("memory", "1e300"), ("time", "$eval(10**9)"), ("cpu", "9" * 5000),
+])
+def test_requirement_beyond_any_machine_is_a_problem(key: str, value: object) -> None:
+    problems = dataset_config.validate(small({"name": "t", "requirements": {key: value}}))
+    assert len(problems) == 1 and problems[0].startswith(f"$.tasks[0].requirements.{key}")
+    assert len(problems[0]) < 500, "a problem quotes a long expression only in part"
+
+
 def test_config_as_json_text() -> None:
     text = (EXAMPLES_DIR / "filtering.json").read_text()
     assert dataset_config.validate(dataset_config.parse(text)) == []

@@ -61,12 +61,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     methods.load()
     dispatcher = Dispatcher(services)
-    limiter = login.LoginLimiter(services.config.login_attempts_per_minute)
     routes: list[Any] = [
         *health.routes(),
         *metrics.routes(),
         *jsonrpc.routes(dispatcher),
-        *login.routes(limiter),
+        *login.routes(),
         *pages_site.routes(),
         *pages_datasets.routes(),
         *live.routes(services.live),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -159,6 +160,17 @@ class Config:
     def cache_dir(self) -> Path:
         return Path(self.proxy_cache_dir).resolve() if self.proxy_cache_dir else self.path(
             "cache")
+
+
+def safe_db_url(url: str) -> str:
+    """A database URL fit to print or log: its password shown as ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: hide all credentials
+        return re.sub(r"^([\w+.-]*://)?.*@", lambda m: (m.group(1) or "") + "***@", url)
 
 
 def _fields() -> dict[str, Any]:
@@ -328,5 +340,6 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"gsiftp_threads must be at least 1, got {config.gsiftp_threads}")
     if config.db_url and not config.db_url.startswith(("sqlite", "mysql", "mariadb")):
         raise ConfigError(
-            f"db_url must be sqlite:///PATH or mysql+mysqldb://USER@HOST/DB, got {config.db_url!r}"
+            f"db_url must be sqlite:///PATH or mysql+mysqldb://USER@HOST/DB, got "
+            f"{safe_db_url(config.db_url)!r}"
         )

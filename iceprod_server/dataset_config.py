@@ -2,7 +2,8 @@
 reads from a valid config (task requirements and dependencies).
 
 The schema (``schema/dataset_config.schema.json``) checks the structure; :func:`validate`
-adds what a schema cannot say (unique task names, dependencies only on earlier tasks) and
+adds what a schema cannot say (unique task names, dependencies only on earlier tasks,
+requirement expressions that can be evaluated: :mod:`iceprod_server.requirements`) and
 returns every problem as a message that starts with its JSON path.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -18,14 +18,19 @@ from typing import Any
 
 import jsonschema
 
+from iceprod_server.requirements import (
+    REQUIREMENT_DEFAULTS,
+    requirement_problems,
+    steering_parameters,
+    task_requirements,
+)
+
+__all__ = ["REQUIREMENT_DEFAULTS", "steering_parameters", "task_requirements"]
+
 SCHEMA_FILE = "dataset_config.schema.json"
 # a config with thousands of mistakes needs only the first few to be fixed
 MAX_PROBLEMS = 50
 _MAX_MESSAGE = 300
-
-REQUIREMENT_DEFAULTS: dict[str, Any] = {
-    "cpu": 1, "gpu": 0, "memory": 1.0, "disk": 1.0, "time": 1.0, "os": None,
-}
 
 # "<dataset id or number>.<task name>": a task of another dataset
 _EXTERNAL_RE = re.compile(r"^([0-9A-Za-z]+)\.(.+)$")
@@ -65,6 +70,8 @@ def validate(config: Any) -> list[str]:
     problems = [_format(e) for e in errors]
     if isinstance(config, dict) and isinstance(config.get("tasks"), list):
         problems.extend(_task_problems(config["tasks"]))
+    if not problems:  # expressions are evaluated only in a config of the right shape
+        problems.extend(requirement_problems(config))
     if len(problems) > MAX_PROBLEMS:
         extra = len(problems) - MAX_PROBLEMS
         problems = problems[:MAX_PROBLEMS] + [f"... and {extra} more problems"]
@@ -167,40 +174,3 @@ def task_dependencies(config: dict[str, Any]) -> list[list[int | ExternalDepende
                 deps.append(ext)
         result.append(deps)
     return result
-
-
-def task_requirements(task: dict[str, Any]) -> dict[str, Any]:
-    """A task's requirements with defaults: cpu and gpu integers, memory and disk in GB,
-    time in hours, os a string or None. An IceProd expression (a string that is not a
-    number) cannot be evaluated before the job exists, so it falls back to the default."""
-    given = task.get("requirements") or {}
-    if not isinstance(given, dict):
-        given = {}
-    out: dict[str, Any] = {}
-    for key in ("cpu", "gpu"):
-        value = _number(given.get(key))
-        out[key] = int(value) if value is not None else REQUIREMENT_DEFAULTS[key]
-    for key in ("memory", "disk", "time"):
-        value = _number(given.get(key))
-        out[key] = float(value) if value is not None else REQUIREMENT_DEFAULTS[key]
-    out["os"] = _os(given.get("os"))
-    return out
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        return None
-    return float(value)
-
-
-def _os(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = next((v for v in value if isinstance(v, str) and v), None)
-    return value if isinstance(value, str) and value else None

@@ -44,10 +44,6 @@ class IceProdError(Exception):
             self.data.update(data)
 
 
-class InvalidRequest(IceProdError):
-    code = INVALID_REQUEST
-
-
 class MethodNotFound(IceProdError):
     code = METHOD_NOT_FOUND
 

@@ -178,9 +178,6 @@ class LiveHub:
         if self.topics.get(broadcaster.topic) is broadcaster:
             del self.topics[broadcaster.topic]
 
-    def watchers(self) -> dict[str, int]:
-        return {topic: len(b.subscribers) for topic, b in self.topics.items()}
-
 
 # --- snapshots ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import tornado.httpserver
 
 from iceprod_server import metrics
 from iceprod_server.app import make_app
-from iceprod_server.config import Config
+from iceprod_server.config import Config, safe_db_url
 from iceprod_server.db import sync_master
 from iceprod_server.db.migrate import check_schema
 from iceprod_server.federation import link
@@ -49,6 +49,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
                                     config.site_lease_seconds)
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
+        services.scheduler_passes = lambda: scheduler.passes
         scheduler.start()
         sampler = asyncio.create_task(metrics.sampler(services), name="metrics sampler")
         site_link = None
@@ -63,7 +64,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, reload_config, services, reload)
         log.info("IceProd server listening on http://%s:%d (database %s)", config.host,
-                 config.port, _safe_url(config.database_url))
+                 config.port, safe_db_url(config.database_url))
         # objects made at start-up live as long as the process: keep them out of the
         # collector's full passes, which would otherwise pause the loop for long
         gc.collect()
@@ -101,9 +102,3 @@ async def _drain(config: Config, services: Services, server: tornado.httpserver.
                     requests.count, grace)
     await asyncio.wait_for(server.close_all_connections(), timeout=10)
 
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

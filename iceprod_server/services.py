@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 from iceprod_server.auth import Authenticator
-from iceprod_server.config import Config
+from iceprod_server.config import Config, ConfigError
 from iceprod_server.db.engine import make_engine
 from iceprod_server.executors import Executors
 from iceprod_server.executors.database import Database
@@ -49,6 +48,7 @@ class InFlight:
 class Services:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.cookie_secret = config.cookie_secret or self._read_cookie_secret()
         self.engine = make_engine(config.database_url, pool_size=config.db_pool_size,
                                   pool_recycle=config.db_pool_recycle,
                                   timeout=config.db_timeout)
@@ -58,15 +58,28 @@ class Services:
         self.requests = InFlight()
         self.live = LiveHub()
         self._wake: Callable[[], None] | None = None
+        # how many scheduler passes this process has finished (None: no scheduler)
+        self.scheduler_passes: Callable[[], int] | None = None
         self._gsiftp: GridFTPClient | None = None
-        self.cookie_secret = config.cookie_secret or self._read_cookie_secret()
 
     def _read_cookie_secret(self) -> str:
+        """The secret that signs login cookies. Every process of a deployment must share
+        it, or a login made through one is refused by the next: a made-up one is never
+        used."""
         path = self.config.path("cookie_secret")
-        if path.exists():
-            return path.read_text().strip()
-        # no data directory of its own (tests, a database URL alone): a per-process secret
-        return secrets.token_urlsafe(32)
+        try:
+            secret = path.read_text().strip()
+        except OSError as e:
+            secret = ""
+            why = f"cannot read {path}: {e.strerror or e}"
+        else:
+            why = f"{path} is empty"
+        if not secret:
+            raise ConfigError(
+                f"no cookie secret ({why}) and the cookie_secret option is not set: run "
+                f"`iceprod-server init --data-dir {self.config.data_dir}`, which writes it, "
+                f"or set cookie_secret, the same in every server process")
+        return secret
 
     def on_wake_scheduler(self, wake: Callable[[], None]) -> None:
         self._wake = wake

@@ -1,8 +1,10 @@
 """The authorization matrix: every method of the registry, called by every kind of caller.
 
-The list of methods and the roles each allows come from ``rpc.discover`` (what the server
-itself enforces); each method is called with plausible params built from its parameter
-schemas, so an allowed caller gets a result or a domain error, never -32001/-32002:
+Who may call what is written down here, in ``EXPECTED_ROLES``, one line per method, reviewed
+by hand; the server's own ``rpc.discover`` only supplies parameter schemas, and a test fails
+when the server has a method this table lacks or declares roles that differ from it. Each
+method is called with plausible params built from its parameter schemas, so an allowed
+caller gets a result or a domain error, never -32001/-32002:
 
 - no key: -32001 unless the method is public (``public_read`` is on) or open to anyone;
 - an expired or a revoked key: -32001 for every method, public ones and unknown ones too;
@@ -28,6 +30,68 @@ AUTH_ERRORS = (-32001, -32002)
 NEVER = (-32601, -32603)
 # the params that name what a dataset, job or task action acts on
 TARGETS = ("dataset_id", "task_ids", "job_ids")
+
+# Who may call each method. "public": anyone while public_read is on (any key always);
+# "anyone": always, anonymous included. Admins may do everything. Edit by hand, one line
+# per method, when a method is added or its roles change on purpose.
+EXPECTED_ROLES: dict[str, set[str]] = {
+    "create_group": {"admin"},
+    "create_user": {"admin"},
+    "disable_user": {"admin"},
+    "echo": {"anyone"},
+    "finish_task": {"admin", "pilot"},
+    "hard_reset_dataset": {"admin", "user"},
+    "hard_reset_jobs": {"admin", "user"},
+    "issue_passkey": {"admin"},
+    "list_audit_log": {"admin"},
+    "list_groups": {"admin"},
+    "list_passkeys": {"admin"},
+    "list_sites": {"admin"},
+    "list_users": {"admin"},
+    "master_get_tables": {"site"},
+    "master_update": {"site"},
+    "new_task": {"admin", "pilot"},
+    "public_get_dataset": {"public"},
+    "public_get_dataset_completion": {"public"},
+    "public_get_dataset_config": {"public"},
+    "public_get_datasets": {"public"},
+    "public_get_datasets_by_status": {"public"},
+    "public_get_job": {"public"},
+    "public_get_jobs": {"public"},
+    "public_get_number_of_tasks_by_name": {"public"},
+    "public_get_number_of_tasks_in_each_state": {"public"},
+    "public_get_task": {"public"},
+    "public_get_task_stats": {"public"},
+    "public_get_tasks": {"public"},
+    "public_get_throughput": {"public"},
+    "queue_master": {"site"},
+    "register_site": {"admin"},
+    "reset_dataset": {"admin", "user"},
+    "reset_jobs": {"admin", "user"},
+    "reset_tasks": {"admin", "user"},
+    "resume_dataset": {"admin", "user"},
+    "resume_tasks": {"admin", "user"},
+    "revoke_passkey": {"admin"},
+    "rotate_site_key": {"admin"},
+    "rpc.discover": {"anyone"},
+    "set_dataset_priority": {"admin", "user"},
+    "set_group_priority": {"admin"},
+    "set_processing": {"admin", "pilot"},
+    "set_site_cert_dn": {"admin"},
+    "set_user_role": {"admin"},
+    "site_status": {"admin"},
+    "stillrunning": {"admin", "pilot"},
+    "submit_dataset": {"admin", "user"},
+    "suspend_dataset": {"admin", "user"},
+    "suspend_jobs": {"admin", "user"},
+    "suspend_tasks": {"admin", "user"},
+    "task_error": {"admin", "pilot"},
+    "truncate_dataset": {"admin", "user"},
+    "update_dataset_config": {"admin", "user"},
+    "update_pilot": {"admin", "pilot"},
+    "upload_logfile": {"admin", "pilot"},
+    "whoami": {"anyone"},
+}
 
 
 @dataclass
@@ -148,7 +212,7 @@ def check_matrix(world: World, caller: str, role: str, target: Target,
     """Call every method; return a line for every outcome that is not the expected one."""
     wrong = []
     for name, method in sorted(world.methods.items()):
-        roles = method["x-roles"]
+        roles = sorted(EXPECTED_ROLES.get(name, ()))
         response = call(world, caller, name, params_for(method, target))
         code = jsonrpc.error_code(response)
         ok = expect_allowed(roles, role)
@@ -164,6 +228,19 @@ def _role_outcome(roles: list[str], role: str) -> Any:
     if allowed(roles, role):
         return True
     return -32001 if role == "none" else -32002
+
+
+def test_registry_matches_the_table(world: World) -> None:
+    """The server's methods and roles are exactly the ones written down above."""
+    served = {name: set(m["x-roles"]) for name, m in world.methods.items()}
+    missing = sorted(set(served) - set(EXPECTED_ROLES))
+    gone = sorted(set(EXPECTED_ROLES) - set(served))
+    differ = [f"{name}: served {sorted(served[name])}, table {sorted(roles)}"
+              for name, roles in sorted(EXPECTED_ROLES.items())
+              if name in served and served[name] != roles]
+    assert not missing, f"methods served but not in EXPECTED_ROLES: {missing}"
+    assert not gone, f"methods in EXPECTED_ROLES the server does not have: {gone}"
+    assert not differ, "roles differ from EXPECTED_ROLES:\n" + "\n".join(differ)
 
 
 @pytest.mark.parametrize("caller", ["none", "pilot", "user", "admin", "site"])
@@ -195,9 +272,10 @@ def test_revoked_key_stops_working_at_once(world: World) -> None:
         response = jsonrpc.request(world.server.rpc_url, "whoami", {}, passkey=key)
         return jsonrpc.error_code(response) == -32001
 
-    wait_until("the revoked key to be refused", refused, timeout=5, interval=0.05)
+    wait_until("the revoked key to be refused", refused, timeout=10, interval=0.05)
     took = time.monotonic() - revoked
-    assert took < 1.5, f"a revoked key kept working for {took:.1f} s"
+    # the lookup cache lives auth_cache_seconds (0.5 s); the rest is room for a busy machine
+    assert took < 5, f"a revoked key kept working for {took:.1f} s"
 
 
 def test_key_works_until_it_expires(world: World) -> None:
@@ -212,11 +290,11 @@ def test_key_works_until_it_expires(world: World) -> None:
 
 
 def test_bad_key_in_header_and_legacy_param(world: World) -> None:
+    # an empty Bearer value is a credential that is wrong, not an anonymous caller
     for key in ("", "x" * 600, "definitely-not-a-key"):
         response = jsonrpc.request(world.server.rpc_url, "echo", {"value": 1},
                                    headers={"Authorization": f"Bearer {key}"})
-        if key:
-            assert jsonrpc.error_code(response) == -32001, (key[:20], response)
+        assert jsonrpc.error_code(response) == -32001, (key[:20], response)
     response = jsonrpc.request(world.server.rpc_url, "public_get_datasets_by_status",
                                {"passkey": world.keys["expired"]})
     assert jsonrpc.error_code(response) == -32001, response
@@ -226,8 +304,8 @@ def test_bad_key_in_header_and_legacy_param(world: World) -> None:
 
 def _dataset_actions(world: World) -> list[str]:
     names = [name for name, m in world.methods.items()
-             if "user" in m["x-roles"] and "public" not in m["x-roles"]
-             and "anyone" not in m["x-roles"]
+             if EXPECTED_ROLES.get(name, set()) & {"user"}
+             and not EXPECTED_ROLES[name] & {"public", "anyone"}
              and any(p["name"] in TARGETS for p in m["params"])]
     expected = {"suspend_dataset", "resume_dataset", "reset_dataset", "hard_reset_dataset",
                 "truncate_dataset", "set_dataset_priority", "update_dataset_config",
@@ -261,16 +339,22 @@ def test_user_on_another_users_dataset_is_forbidden(world: World) -> None:
 
 def test_admin_acts_on_any_dataset(world: World) -> None:
     client = world.server.client(world.keys["admin"])
-    result = client.call("suspend_dataset", dataset_id=world.other.dataset_id)
-    assert isinstance(result, dict)
+    client.call("suspend_dataset", dataset_id=world.other.dataset_id)
+    by_status = world.server.client().call("public_get_datasets_by_status")
+    assert world.other.dataset_id in by_status.get("suspended", []), by_status
+    counts = world.server.client().call("public_get_number_of_tasks_in_each_state",
+                                        dataset_id=world.other.dataset_id)
+    assert set(counts) <= {"suspended", "complete", "failed"}, counts
     client.call("resume_dataset", dataset_id=world.other.dataset_id)
+    by_status = world.server.client().call("public_get_datasets_by_status")
+    assert world.other.dataset_id in by_status.get("processing", []), by_status
 
 
 def test_public_read_off_needs_a_credential(server: Any, db_url: str) -> None:
     srv = server(db_url, env={"ICEPROD_PUBLIC_READ": "false"})
     pilot = srv.deployment.passkey("pilot")
     doc = srv.client().call("rpc.discover")  # open to anyone, whatever public_read says
-    public = [m for m in doc["methods"] if "public" in m["x-roles"]]
+    public = [m for m in doc["methods"] if "public" in EXPECTED_ROLES.get(m["name"], ())]
     assert public, "no public methods in rpc.discover"
     target = Target("00000000000000000000", "00000000000000000000", "00000000000000000000")
     for method in public:

@@ -39,9 +39,9 @@ async def caller_of(ctx: Context) -> dict[str, str | None]:
 
 
 @pytest.fixture
-def app_server(tmp_path: Path, sqlite_url: str) -> Iterator[InProcessServer]:
+def app_server(tmp_path: Path, db_url: str) -> Iterator[InProcessServer]:
     calls.clear()
-    deployment = Deployment.init(tmp_path / "data", sqlite_url)
+    deployment = Deployment.init(tmp_path / "data", db_url)
     with extra_method("test_flaky", flaky, ANYONE), \
             extra_method("test_refuse", refuse, ANYONE), \
             extra_method("test_caller", caller_of, ANYONE), \

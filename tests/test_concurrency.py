@@ -1,8 +1,9 @@
 """The concurrency demonstration: blocking work runs on the ``db`` pool, never on the loop.
 
 The server's application runs in this process so that the test can add, for itself only,
-a method that needs one second of blocking database work (``time.sleep(1)`` inside a unit
-of work on the pool), and can watch the event loop's lag while pilots hammer the server.
+a method whose unit of work blocks its pool thread until the test lets it go, and can watch
+the event loop's lag while pilots hammer the server. The test sees how many of those units
+are blocked at once, so concurrency is shown by counting, not by timing.
 """
 
 from __future__ import annotations
@@ -32,14 +33,38 @@ from tests.support.servers import Deployment, clean_environ
 DB_THREADS = 8
 
 
-def _one_second_of_blocking_work(session: Session) -> str:
-    time.sleep(1.0)
-    return "done"
+class Gate:
+    """Blocking units of work that the test holds and releases."""
+
+    def __init__(self) -> None:
+        self.blocked = 0
+        self.changed = threading.Condition()
+        self.release = threading.Event()
+
+    def work(self, session: Session) -> str:
+        with self.changed:
+            self.blocked += 1
+            self.changed.notify_all()
+        try:
+            return "done" if self.release.wait(30) else "never released"
+        finally:
+            with self.changed:
+                self.blocked -= 1
+                self.changed.notify_all()
+
+    def wait_blocked(self, n: int, timeout: float = 30.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.blocked >= n, timeout), \
+                f"only {self.blocked} of {n} units of work were on the pool at once"
+
+
+GATE = Gate()
 
 
 async def test_slow_read(ctx: Context) -> str:
-    """One second of blocking work on the db pool (registered by this test module only)."""
-    result: str = await ctx.services.db.read(_one_second_of_blocking_work)
+    """Blocking work on the db pool until the test releases it (registered by this test
+    module only)."""
+    result: str = await ctx.services.db.read(GATE.work)
     return result
 
 
@@ -53,10 +78,14 @@ def deployment(tmp_path: Path, sqlite_url: str) -> Deployment:
 
 @pytest.fixture
 def app_server(deployment: Deployment) -> Iterator[InProcessServer]:
+    GATE.release.clear()
     with extra_method("test_slow_read", test_slow_read, ANYONE), \
             in_process_server(deployment.data_dir, {"db_threads": DB_THREADS},
                               scheduler=False) as server:
-        yield server
+        try:
+            yield server
+        finally:
+            GATE.release.set()  # never leave a pool thread blocked
 
 
 def _timed_call(url: str, method: str, params: Any = None) -> tuple[float, Any]:
@@ -67,30 +96,29 @@ def _timed_call(url: str, method: str, params: Any = None) -> tuple[float, Any]:
 
 def test_five_slow_requests_run_at_once(app_server: InProcessServer) -> None:
     with ThreadPoolExecutor(5) as pool:
-        started = time.monotonic()
         futures = [pool.submit(_timed_call, app_server.url, "test_slow_read")
                    for _ in range(5)]
+        # all five blocked on the pool together: none waits for another to finish
+        GATE.wait_blocked(5)
+        assert not any(f.done() for f in futures)
+        GATE.release.set()
         results = [f.result(timeout=30) for f in futures]
-        elapsed = time.monotonic() - started
     for _took, response in results:
         assert response.get("result") == "done", response
-    assert elapsed < 3.0, f"five requests of one second each took {elapsed:.2f} s together: " \
-                          "they were not run concurrently"
-    assert all(took >= 0.95 for took, _ in results)
 
 
 def test_cheap_request_answers_while_the_pool_is_busy(app_server: InProcessServer) -> None:
     with ThreadPoolExecutor(DB_THREADS) as pool:
         busy = [pool.submit(_timed_call, app_server.url, "test_slow_read")
                 for _ in range(DB_THREADS)]
-        time.sleep(0.2)  # the slow requests are on the pool now
-        took, response = _timed_call(app_server.url, "echo", ["ping"])
-        still_busy = sum(not f.done() for f in busy)
+        GATE.wait_blocked(DB_THREADS)  # every thread of the db pool is held
+        _took, response = _timed_call(app_server.url, "echo", ["ping"])
+        still_blocked = GATE.blocked
+        GATE.release.set()
         for f in busy:
             assert f.result(timeout=30)[1].get("result") == "done"
     assert response == {"jsonrpc": "2.0", "result": "ping", "id": 1}
-    assert still_busy == DB_THREADS, "the pool was not busy during the echo"
-    assert took < 0.5, f"echo took {took:.2f} s while the db pool was busy"
+    assert still_blocked == DB_THREADS, "the db pool was freed before echo answered"
 
 
 def test_slow_method_is_registered_only_for_the_test(app_server: InProcessServer) -> None:

@@ -87,6 +87,20 @@ def test_bad_values_give_clear_errors(tmp_path: Path, sqlite_url: str, how: str,
         f"a bad value should get a short message, not:\n{proc.stderr[-3000:]}"
 
 
+@pytest.mark.parametrize("url", ["postgresql://iceprod:TopSecret99@127.0.0.1/iceprod",
+                                 "oracle+cx://iceprod:TopSecret99@127.0.0.1:1521/x"])
+def test_a_refused_db_url_is_printed_without_its_password(tmp_path: Path, sqlite_url: str,
+                                                          url: str) -> None:
+    dep = Deployment.init(tmp_path / "data", sqlite_url)
+    proc = _serve_fails(dep, {"ICEPROD_DB_URL": url})
+    assert "db_url" in proc.stderr and "iceprod:***@127.0.0.1" in proc.stderr, proc.stderr
+    assert "TopSecret99" not in proc.stderr, proc.stderr
+    init = iceprod_server("init", "--data-dir", str(tmp_path / "other"), "--db-url", url,
+                          check=False)
+    assert init.returncode != 0
+    assert "TopSecret99" not in init.stdout + init.stderr, init.stdout + init.stderr
+
+
 def _downgrade_to_base(url: str) -> None:
     from alembic import command
 
@@ -107,7 +121,9 @@ def test_serve_refuses_an_old_schema_until_migrate(server: Any, tmp_path: Path, 
     data_dir = tmp_path / "data"
     if state == "empty":
         data_dir.mkdir()
-        (data_dir / "iceprod.toml").write_text(f'db_url = "{db_url}"\n')
+        # set up by hand, without init: the cookie secret given as an option
+        (data_dir / "iceprod.toml").write_text(f'db_url = "{db_url}"\n'
+                                               f'cookie_secret = "{"k" * 40}"\n')
         dep = Deployment(data_dir, db_url)
     else:
         dep = Deployment.init(data_dir, db_url)
@@ -116,9 +132,27 @@ def test_serve_refuses_an_old_schema_until_migrate(server: Any, tmp_path: Path, 
     assert "iceprod-server migrate" in proc.stderr, proc.stderr
     migrated = dep.cli("migrate")
     assert migrated.returncode == 0
+    assert "already at" not in migrated.stdout, migrated.stdout
     # migrate again: nothing to do, and says so
-    assert dep.cli("migrate").returncode == 0
+    again = dep.cli("migrate")
+    assert again.returncode == 0
+    assert "database schema already at" in again.stdout, again.stdout
     srv = server(db_url, deployment=dep)
+    assert srv.client().call("echo", "up") == "up"
+
+
+def test_serve_refuses_to_run_without_the_cookie_secret(tmp_path: Path, sqlite_url: str,
+                                                       server: Any) -> None:
+    """A made-up secret per process would make a login on one process fail on the next:
+    without the file ``init`` writes (or the option), serve stops and says what to do."""
+    dep = Deployment.init(tmp_path / "data", sqlite_url)
+    (dep.data_dir / "cookie_secret").unlink()
+    proc = _serve_fails(dep)
+    assert "cookie secret" in proc.stderr and "iceprod-server init" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr[-3000:]
+    # the option given instead of the file is enough
+    srv = server(sqlite_url, env={"ICEPROD_COOKIE_SECRET": "s" * 40}, deployment=dep)
     assert srv.client().call("echo", "up") == "up"
 
 

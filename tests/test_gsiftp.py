@@ -7,10 +7,8 @@ filesystem, which is what the server serves: a put is a file with the right byte
 rmtree leaves nothing. The tests of timeouts and refused connections use a listener that
 never answers and a port nobody listens on.
 
-The ``url-copy`` backend may be unable to authenticate a control connection of its own
-with GSI. On gsiftp it may then refuse the control-channel operations (list, mkdir,
-size, ...) with UnsupportedError, and tests of those operations accept exactly that, with
-a message that says why (:meth:`Site.run_control`); transfers must work everywhere.
+Every operation must work on every backend and scheme: the ``url-copy`` backend
+authenticates its own control connections with GSI, so no refusal is accepted.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from unittest.mock import AsyncMock, patch
 
 import pytest
 
@@ -40,7 +37,6 @@ from tests.support import gridftp
 from tests.support.gridftp import (
     MiB,
     Site,
-    Unsupported,
     assert_same_bytes,
     make_site,
     random_bytes,
@@ -175,16 +171,12 @@ def test_list_names(site: Site) -> None:
     async def go(c: GridFTPClient) -> tuple[list[str], list[str]]:
         return await c.list(site.url("dir/")), await c.list(site.url("dir"))
 
-    result = site.run_control(go)
-    if result is not Unsupported.ALLOWED:
-        assert result == (["a.txt", "b.txt", "c"], ["a.txt", "b.txt", "c"])
+    assert site.run(go) == (["a.txt", "b.txt", "c"], ["a.txt", "b.txt", "c"])
 
 
 def test_list_an_empty_directory(site: Site) -> None:
     site.mkdir("empty")
-    result = site.run_control(lambda c: c.list(site.url("empty/")))
-    if result is not Unsupported.ALLOWED:
-        assert result == []
+    assert site.run(lambda c: c.list(site.url("empty/"))) == []
 
 
 def test_list_details(site: Site) -> None:
@@ -193,9 +185,7 @@ def test_list_details(site: Site) -> None:
     os.utime(old, (1_600_000_000, 1_600_000_000))  # 2020-09-13 12:26:40 UTC
     site.mkdir("dir/sub", mode=0o750)
     now = time.time()
-    result = site.run_control(lambda c: c.list(site.url("dir/"), details=True))
-    if result is Unsupported.ALLOWED:
-        return
+    result = site.run(lambda c: c.list(site.url("dir/"), details=True))
     assert [e.name for e in result] == ["new.bin", "old.txt", "sub"]
     new, old_entry, sub = result
     assert (new.size, new.type, new.permissions) == (5000, "file", "0640"), new
@@ -214,22 +204,22 @@ def test_mkdir_makes_parents_and_accepts_an_existing_directory(site: Site) -> No
         await c.mkdir(site.url("a/b/c"))  # already there: not an error
         await c.mkdir(site.url("a/b/c/d"), parents=False)
 
-    if site.run_control(go) is not Unsupported.ALLOWED:
-        assert (site.directory / "a/b/c/d").is_dir()
+    site.run(go)
+    assert (site.directory / "a/b/c/d").is_dir()
 
 
 def test_rmdir(site: Site) -> None:
     site.mkdir("empty")
     site.mkdir("other")
-    if site.run_control(lambda c: c.rmdir(site.url("empty"))) is not Unsupported.ALLOWED:
-        assert sorted(os.listdir(site.directory)) == ["other"]
+    site.run(lambda c: c.rmdir(site.url("empty")))
+    assert sorted(os.listdir(site.directory)) == ["other"]
 
 
 def test_delete(site: Site) -> None:
     site.write("gone.txt", b"1")
     site.write("kept.txt", b"2")
-    if site.run_control(lambda c: c.delete(site.url("gone.txt"))) is not Unsupported.ALLOWED:
-        assert sorted(os.listdir(site.directory)) == ["kept.txt"]
+    site.run(lambda c: c.delete(site.url("gone.txt")))
+    assert sorted(os.listdir(site.directory)) == ["kept.txt"]
 
 
 def test_rmtree_removes_a_nested_tree(site: Site) -> None:
@@ -237,18 +227,17 @@ def test_rmtree_removes_a_nested_tree(site: Site) -> None:
         site.write(name, name.encode())
     site.mkdir("tree/d1/d2/empty")
     site.mkdir("tree/empty")
-    if site.run_control(lambda c: c.rmtree(site.url("tree"))) is not Unsupported.ALLOWED:
-        assert sorted(os.listdir(site.directory)) == ["kept"]
-        assert (site.directory / "kept/f5").read_bytes() == b"kept/f5"
+    site.run(lambda c: c.rmtree(site.url("tree")))
+    assert sorted(os.listdir(site.directory)) == ["kept"]
+    assert (site.directory / "kept/f5").read_bytes() == b"kept/f5"
 
 
 def test_move(site: Site) -> None:
     site.write("from.txt", b"moving")
     site.mkdir("into")
-    result = site.run_control(lambda c: c.move(site.url("from.txt"), site.url("into/to.txt")))
-    if result is not Unsupported.ALLOWED:
-        assert not (site.directory / "from.txt").exists()
-        assert site.read("into/to.txt") == b"moving"
+    site.run(lambda c: c.move(site.url("from.txt"), site.url("into/to.txt")))
+    assert not (site.directory / "from.txt").exists()
+    assert site.read("into/to.txt") == b"moving"
 
 
 def test_exists(site: Site) -> None:
@@ -259,9 +248,7 @@ def test_exists(site: Site) -> None:
         return [await c.exists(site.url(name))
                 for name in ("file.txt", "dir", "dir/", "missing", "missing/child")]
 
-    result = site.run_control(go)
-    if result is not Unsupported.ALLOWED:
-        assert result == [True, True, True, False, False]
+    assert site.run(go) == [True, True, True, False, False]
 
 
 def test_size(site: Site) -> None:
@@ -271,9 +258,7 @@ def test_size(site: Site) -> None:
     async def go(c: GridFTPClient) -> tuple[int, int]:
         return await c.size(site.url("some.bin")), await c.size(site.url("empty.bin"))
 
-    result = site.run_control(go)
-    if result is not Unsupported.ALLOWED:
-        assert result == (123_457, 0)
+    assert site.run(go) == (123_457, 0)
 
 
 # -- checksums ---------------------------------------------------------------------------
@@ -296,9 +281,7 @@ def test_checksum(site: Site, algorithm: str) -> None:
         return [(await c.server_checksum(site.url(name), algorithm),
                  await c.checksum(site.url(name), algorithm)) for name in payloads]
 
-    result = site.run_control(go)
-    if result is Unsupported.ALLOWED:
-        return
+    result = site.run(go)
     for (server_side, checksum), data in zip(result, payloads.values(), strict=True):
         expected = expected_checksum(algorithm, data)
         # this server's CKSM offers all five algorithms, so None would mean it was not used
@@ -306,21 +289,31 @@ def test_checksum(site: Site, algorithm: str) -> None:
         assert checksum == expected
 
 
+@pytest.fixture(scope="module")
+def server_without_cksm(tmp_path_factory: pytest.TempPathFactory
+                        ) -> Iterator[gridftp.GridFTPServer]:
+    """A real anonymous ftp:// server that refuses the CKSM command."""
+    with gridftp.running_server(tmp_path_factory.mktemp("no-cksm"),
+                                disabled_commands=("CKSM",)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("algorithm", sorted(CHECKSUM_ALGORITHMS))
-def test_checksum_streams_the_file_when_the_server_has_none(site: Site,
-                                                             algorithm: str) -> None:
+def test_checksum_streams_the_file_when_the_server_has_none(
+        request: pytest.FixtureRequest, server_without_cksm: gridftp.GridFTPServer,
+        served_root: Path, backend: str, algorithm: str) -> None:
     data = random_bytes(2 * MiB + 1)
-    site.write("blob.bin", data)
+    with make_site(request, server_without_cksm, backend, served_root) as site:
+        site.write("blob.bin", data)
 
-    async def go(c: GridFTPClient) -> tuple[str, int]:
-        with patch.object(c, "server_checksum", AsyncMock(return_value=None)), \
-                patch.object(c, "get", AsyncMock(wraps=c.get)) as get:
-            found = await c.checksum(site.url("blob.bin"), algorithm)
-            return found, get.await_count
+        async def go(c: GridFTPClient) -> tuple[str | None, str]:
+            return (await c.server_checksum(site.url("blob.bin"), algorithm),
+                    await c.checksum(site.url("blob.bin"), algorithm))
 
-    found, gets = site.run(go)
+        on_server, found = site.run(go)
+    assert on_server is None, f"the server refuses CKSM, yet it answered {on_server!r}"
     assert found == expected_checksum(algorithm, data)
-    assert gets == 1
 
 
 def test_unknown_checksum_algorithm_is_refused_before_connecting(site: Site) -> None:
@@ -334,12 +327,9 @@ def test_unknown_checksum_algorithm_is_refused_before_connecting(site: Site) -> 
 
 def control_raises(site: Site, error: type[GridFTPError],
                    scenario: Callable[[GridFTPClient], Awaitable[object]]) -> None:
-    """``scenario`` raises ``error``, or is refused as :meth:`Site.run_control` allows."""
-    try:
-        result = site.run_control(scenario)
-    except error:
-        return
-    assert result is Unsupported.ALLOWED, f"no {error.__name__}; the result was {result!r}"
+    """``scenario`` raises ``error``."""
+    with pytest.raises(error):
+        site.run(scenario)
 
 
 def test_missing_file_is_not_found(site: Site, tmp_path: Path) -> None:
@@ -387,11 +377,9 @@ def test_control_operation_times_out_on_a_server_that_never_answers(site: Site) 
             took = time.monotonic() - started
         return took, await c.size(site.url("after.txt"))
 
-    result = site.run_control(go, timeout=SHORT_TIMEOUT)  # the client's default timeout
-    if result is not Unsupported.ALLOWED:
-        took, size = result
-        assert SHORT_TIMEOUT * 0.9 <= took <= SHORT_TIMEOUT + TIMEOUT_SLACK, took
-        assert size == 5
+    took, size = site.run(go, timeout=SHORT_TIMEOUT)  # the client's default timeout
+    assert SHORT_TIMEOUT * 0.9 <= took <= SHORT_TIMEOUT + TIMEOUT_SLACK, took
+    assert size == 5
 
 
 def test_connection_refused(site: Site) -> None:
@@ -434,6 +422,5 @@ def test_large_file_streams_through_both_ways(site: Site) -> None:
     assert sent == total
     assert (site.directory / "large.bin").stat().st_size == total
     assert received == want, "the file came back different"
-    on_server = site.run_control(lambda c: c.server_checksum(url, "sha512"), timeout=600)
-    if on_server is not Unsupported.ALLOWED:
-        assert on_server is not None and on_server.lower() == want, on_server
+    on_server = site.run(lambda c: c.server_checksum(url, "sha512"), timeout=600)
+    assert on_server is not None and on_server.lower() == want, on_server

@@ -1,7 +1,7 @@
 """JSON-RPC 2.0 conformance: the examples of the specification (section 7, "Examples"),
 adapted to our methods, give the responses the specification shows; plus the transport
 rules of SPEC section 2 (HTTP status codes, content types, ``__jsonclass__``, the legacy
-``passkey`` param).
+``passkey`` param). On SQLite and on MariaDB.
 
 The specification's ``subtract``, ``sum``, ``update`` and ``get_data`` become ``echo`` (the
 one method every caller may call); its ``foobar`` and ``foo.get`` stay unknown methods.
@@ -27,9 +27,9 @@ MAX_BODY = 100_000
 
 
 @pytest.fixture(scope="module")
-def srv(module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    url = "sqlite:///" + str(tmp_path_factory.mktemp("conformance") / "iceprod.db")
-    server: ServerProcess = module_server(url, env={"ICEPROD_MAX_BODY_BYTES": str(MAX_BODY)})
+def srv(module_server: Any, module_db_url: str) -> ServerProcess:
+    server: ServerProcess = module_server(module_db_url,
+                                          env={"ICEPROD_MAX_BODY_BYTES": str(MAX_BODY)})
     return server
 
 
@@ -207,14 +207,14 @@ def test_invalid_params(srv: ServerProcess, method: str, params: Any) -> None:
         f"-32602 must say what was wrong in data: {error}"
 
 
-def test_internal_error_never_leaks_the_traceback(tmp_path: Path, sqlite_url: str,
+def test_internal_error_never_leaks_the_traceback(tmp_path: Path, db_url: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     secret = "s3cr3t-detail-in-/some/file.py"
 
     async def explode(ctx: Context) -> None:
         raise RuntimeError(secret)
 
-    deployment = Deployment.init(tmp_path / "data", sqlite_url)
+    deployment = Deployment.init(tmp_path / "data", db_url)
     with extra_method("test_explode", explode, ANYONE), \
             in_process_server(deployment.data_dir, scheduler=False) as server:
         answer = jsonrpc.post(server.url + "/jsonrpc",

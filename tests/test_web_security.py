@@ -1,11 +1,12 @@
-"""The web side's defences, at the HTTP level (no browser), on SQLite:
+"""The web side's defences, at the HTTP level (no browser), on SQLite and on MariaDB:
 
 - XSRF: a logged-in browser session's POST /jsonrpc needs the X-XSRFToken header; a passkey
   caller does not;
 - a user cannot act on another user's dataset, from a login session or with a passkey, and a
   refused call changes nothing;
 - user content (a dataset description, a log) is escaped on every page that shows it;
-- login attempts are rate limited, the session cookie is HttpOnly, /logout ends the session;
+- login attempts are rate limited, across server processes too; a login made through one
+  process is valid on another; the session cookie is HttpOnly, /logout ends the session;
 - with public_read off, pages redirect to /login and public methods need a key.
 """
 
@@ -176,10 +177,16 @@ def start_web(module_server: Any, url: str, env: dict[str, str] | None = None) -
     return Web(srv, keys, pilot_key)
 
 
+LIMITED = {"ICEPROD_LOGIN_ATTEMPTS_PER_MINUTE": "3"}
+
+
 @pytest.fixture(scope="module")
-def web(module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    with throwaway_database("sqlite", tmp_path_factory.mktemp("db")) as url:
-        yield start_web(module_server, url, {"ICEPROD_LOGIN_ATTEMPTS_PER_MINUTE": "3"})
+def web(module_server: Any, module_db_url: str) -> Web:
+    return start_web(module_server, module_db_url, LIMITED)
+
+
+def backend(db_url: str) -> str:
+    return "sqlite" if db_url.startswith("sqlite") else "mariadb"
 
 
 # -- XSRF ----------------------------------------------------------------------------------
@@ -330,6 +337,26 @@ def test_login_attempts_are_limited(web: Web) -> None:
     assert "iceprod_session" not in browser.cookies
 
 
+def test_login_limit_and_sessions_hold_across_processes(web: Web, module_server: Any) -> None:
+    """Two processes on one database share the failed-attempt count and the logins."""
+    second = module_server.another(web.srv, env=LIMITED)
+    first_browser, second_browser = Browserless(web.srv.url), Browserless(second.url)
+    for attempt, browser in enumerate((first_browser, second_browser, first_browser)):
+        reply = browser.login("dave", "wrong password")
+        assert reply.status == 401, f"failed attempt {attempt + 1}: HTTP {reply.status}"
+    for browser in (second_browser, first_browser):
+        reply = browser.login("dave", "wrong password")
+        assert reply.status == 429, \
+            f"the 4th failed attempt, made on either process: HTTP {reply.status}"
+
+    # a login made through one process is a login on the other (one cookie secret)
+    assert first_browser.login("alice").status == 302
+    on_second = Browserless(second.url, dict(first_browser.cookies))
+    assert on_second.whoami() == "alice"
+    status, answer = on_second.rpc("suspend_dataset", {"dataset_id": web.submit("alice")})
+    assert status == 200 and answer and answer["result"]["status"] == "suspended", answer
+
+
 def test_the_session_cookie_is_httponly_and_logout_ends_the_session(web: Web) -> None:
     browser = Browserless(web.srv.url)
     reply = browser.login("alice")
@@ -362,8 +389,9 @@ def test_a_logged_out_session_cookie_no_longer_works(web: Web) -> None:
 # -- public_read off -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def private_web(module_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    with throwaway_database("sqlite", tmp_path_factory.mktemp("db")) as url:
+def private_web(module_server: Any, module_db_url: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    with throwaway_database(backend(module_db_url), tmp_path_factory.mktemp("db")) as url:
         yield start_web(module_server, url, {"ICEPROD_PUBLIC_READ": "0"})
 
 

@@ -34,7 +34,7 @@ from iceprod_server.cli.common import (
     table,
     when,
 )
-from iceprod_server.config import CONFIG_FILE, Config, ConfigError, load
+from iceprod_server.config import CONFIG_FILE, Config, ConfigError, load, safe_db_url
 from iceprod_server.errors import Conflict, IceProdError
 
 T = TypeVar("T")
@@ -173,12 +173,7 @@ def _safe_url(url: str) -> str:
     """A database URL fit to print: without its password."""
     if not url:
         return "SQLite in the data directory"
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: say nothing of it
-        return "unparsable URL"
+    return safe_db_url(url)
 
 
 def _short(e: BaseException) -> str:
@@ -225,6 +220,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         asyncio.run(server.serve(config, reload=load_config))
     except SchemaOutdated as e:
         raise CLIError(str(e), EXIT_USAGE) from e
+    except ConfigError as e:
+        raise CLIError(f"configuration: {e}") from e
     except OSError as e:
         raise CLIError(f"cannot listen on {config.host}:{config.port}: {e.strerror or e}") from e
 

@@ -35,6 +35,7 @@ from iceprod_server.db.models import (
 from iceprod_server.db.scheduling import effective_priority
 from iceprod_server.db.util import changed
 from iceprod_server.errors import Conflict, Forbidden, InvalidParams, NotFound
+from iceprod_server.requirements import os_column
 
 MAX_NJOBS = 100_000_000
 MAX_DESCRIPTION = 16_000
@@ -154,7 +155,8 @@ def _write_task_defs(s: Session, dataset_id: str, config: dict[str, Any],
                      deps: list[list[tuple[str, int]]]) -> None:
     for index, task in enumerate(config["tasks"]):
         s.add(TaskDef(dataset_id=dataset_id, task_index=index, name=task["name"],
-                      requirements=dataset_config.task_requirements(task)))
+                      requirements=dataset_config.task_requirements(
+                          task, dataset_config.steering_parameters(config))))
         for dep_dataset, dep_index in deps[index]:
             s.add(TaskDefDep(dataset_id=dataset_id, task_index=index,
                              dep_dataset_id=dep_dataset, dep_task_index=dep_index))
@@ -285,7 +287,8 @@ def update_dataset_config(s: Session, actor: Actor, dataset_id: str, config: Any
     changed_tasks = 0
     if old_names == new_names:
         for task_def, task in zip(old_defs, config["tasks"], strict=True):
-            req = dataset_config.task_requirements(task)
+            req = dataset_config.task_requirements(
+                task, dataset_config.steering_parameters(config))
             if req != task_def.requirements:
                 task_def.requirements = req
                 changed_tasks += _apply_requirements(s, dataset_id, task_def.task_index, req)
@@ -331,5 +334,5 @@ def _apply_requirements(s: Session, dataset_id: str, task_index: int,
                    .where(Task.dataset_id == dataset_id, Task.status.in_(NOT_STARTED),
                           Task.task_index == task_index)
                    .values(req_cpu=req["cpu"], req_gpu=req["gpu"], req_memory=req["memory"],
-                           req_disk=req["disk"], req_time=req["time"], req_os=req["os"])
+                           req_disk=req["disk"], req_time=req["time"], req_os=os_column(req["os"]))
                    .execution_options(synchronize_session=False))

@@ -26,6 +26,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
+from iceprod_server.config import safe_db_url
 from iceprod_server.db.engine import make_engine
 from iceprod_server.db.models import Base
 
@@ -164,7 +165,7 @@ def _main() -> None:
         diffs = schema_differences(args.db_url)
         for d in diffs:
             print(d)
-        print(f"{len(diffs)} differences between the models and {args.db_url}")
+        print(f"{len(diffs)} differences between the models and {safe_db_url(args.db_url)}")
         raise SystemExit(1 if diffs else 0)
 
 

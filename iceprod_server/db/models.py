@@ -78,6 +78,20 @@ class LoginSession(Base):
     __table_args__ = (Index("ix_login_sessions_expires", "expires"),)
 
 
+class LoginFailure(Base):
+    """A failed login, by user name and address. Every server process counts the same
+    rows, so the limit per minute holds however many processes serve ``/login``."""
+
+    __tablename__ = "login_failures"
+    failure_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                            primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128))
+    address: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float] = mapped_column(Double)
+    __table_args__ = (Index("ix_login_failures_who", "username", "address", "created"),
+                      Index("ix_login_failures_created", "created"))
+
+
 class Group(Base):
     __tablename__ = "groups"
     group_id: Mapped[str] = mapped_column(ID, primary_key=True)

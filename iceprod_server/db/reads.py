@@ -33,6 +33,7 @@ from iceprod_server.db.models import (
     User,
 )
 from iceprod_server.errors import InvalidParams, NotFound
+from iceprod_server.requirements import os_from_column
 
 MAX_LIMIT = 1000
 LOG_TAIL_LINES = 40
@@ -196,7 +197,8 @@ def _task_dict(t: Task) -> dict[str, Any]:
             "attempt": t.attempt, "failures": t.failures, "lease_expires": t.lease_expires,
             "retry_after": t.retry_after,
             "requirements": {"cpu": t.req_cpu, "gpu": t.req_gpu, "memory": t.req_memory,
-                             "disk": t.req_disk, "time": t.req_time, "os": t.req_os}}
+                             "disk": t.req_disk, "time": t.req_time,
+                             "os": os_from_column(t.req_os)}}
 
 
 def list_tasks(s: Session, dataset_id: str | None = None, status: str | None = None,
@@ -298,8 +300,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def task_stats(s: Session, dataset_id: str) -> dict[str, dict[str, Any]]:
     """Per task name: ``count``, the tasks complete (exact, from the counters); over the
-    dataset's most recent attempts (:data:`STATS_SAMPLE` per task name, read backwards
-    along the (dataset, created) index, so the cost does not grow with the dataset):
+    dataset's most recent attempts of all task names together (:data:`STATS_SAMPLE` times
+    the number of task names, read backwards along the (dataset, created) index, so the
+    cost does not grow with the dataset; a task name with few recent attempts may have
+    few or none in it):
     ``failed`` attempts, and ``mean``, ``min``, ``max``, ``p50``, ``p90`` of the successful
     ones' time_used, with ``sample`` the number of successful attempts they cover."""
     _dataset(s, dataset_id)

@@ -28,6 +28,7 @@ from iceprod_server.db.models import (
 )
 from iceprod_server.db.tasks import Backoff
 from iceprod_server.db.util import changed
+from iceprod_server.requirements import os_column
 
 LIVE = ("idle", "waiting", "queued", "processing", "reset", "resume")
 # the stats of an attempt whose lease ran out
@@ -87,7 +88,7 @@ def _insert_jobs(s: Session, dataset_id: str, start: int, count: int) -> int:
                 "req_gpu": int(req.get("gpu", 0)),
                 "req_memory": float(req.get("memory", 1.0)),
                 "req_disk": float(req.get("disk", 1.0)),
-                "req_time": float(req.get("time", 1.0)), "req_os": req.get("os"),
+                "req_time": float(req.get("time", 1.0)), "req_os": os_column(req.get("os")),
             })
     for i in range(0, len(rows), 2000):
         s.execute(insert(Task), rows[i:i + 2000])

@@ -35,6 +35,7 @@ from iceprod_server.db.models import (
 )
 from iceprod_server.db.util import changed
 from iceprod_server.errors import Conflict, NotFound
+from iceprod_server.requirements import os_from_column
 
 # a resource overuse makes the requirement grow by this factor on the next attempt
 OVERUSE_GROWTH = 1.5
@@ -76,9 +77,17 @@ class Offer:
                      self.memory - req["memory"], self.disk - req["disk"], self.time, self.os)
 
 
+def _listed(os_name: str | None) -> str | None:
+    """The LIKE pattern that finds ``os_name`` in a ``",A,B,"`` list of platforms."""
+    if not os_name:
+        return None
+    escaped = os_name.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%,{escaped},%"
+
+
 def _requirements(t: Any) -> dict[str, Any]:
     return {"cpu": t.req_cpu, "gpu": t.req_gpu, "memory": t.req_memory, "disk": t.req_disk,
-            "time": t.req_time, "os": t.req_os}
+            "time": t.req_time, "os": os_from_column(t.req_os)}
 
 
 def _resources(t: Any) -> dict[str, int | float]:
@@ -96,7 +105,9 @@ _FITTING = (
     .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
            Task.req_gpu <= bindparam("b_gpu"), Task.req_memory <= bindparam("b_memory"),
            Task.req_disk <= bindparam("b_disk"), Task.req_time <= bindparam("b_time"),
-           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os")))
+           # one platform, or a pilot's platform among several (requirements.os_column)
+           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os"),
+               Task.req_os.like(bindparam("b_os_listed"), escape="/")))
     .order_by(Task.queue_rank, Task.task_id)
     .limit(bindparam("b_limit", type_=Integer))
 )
@@ -184,6 +195,7 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
     found = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu,
                               "b_memory": offer.memory, "b_disk": offer.disk,
                               "b_time": offer.time, "b_os": offer.os,
+                              "b_os_listed": _listed(offer.os),
                               "b_limit": 2 * offer.cpu + 4})
     # stable: best first among tasks new to this claimant, then its own retries
     rows = sorted(found, key=lambda row: row.last_claimant == claimant)

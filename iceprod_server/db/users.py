@@ -40,13 +40,6 @@ def create_user(s: Session, username: str, password: str, role: str = "user") ->
     return _user_dict(user)
 
 
-def get_user(s: Session, username: str) -> dict[str, Any]:
-    user = s.scalar(select(User).where(User.username == username))
-    if user is None:
-        raise NotFound(f"no user {username!r}")
-    return _user_dict(user)
-
-
 def list_users(s: Session) -> list[dict[str, Any]]:
     return [_user_dict(u) for u in s.scalars(select(User).order_by(User.username))]
 

@@ -1,5 +1,9 @@
 """``GET /healthz``: 200 once the server is ready and its database answers, 503 when it does
-not, within :data:`HEALTH_SECONDS` whatever the database does."""
+not, within :data:`HEALTH_SECONDS` whatever the database does.
+
+The answer also counts the scheduler passes this process has finished
+(``scheduler_passes``), so an operator or a test can see the scheduler is alive and wait
+for a pass that began after some moment."""
 
 from __future__ import annotations
 
@@ -19,7 +23,10 @@ class HealthHandler(BaseHandler):
             self.set_status(503)
             self.finish({"status": "unavailable", "database": "unreachable"})
             return
-        self.finish({"status": "ok"})
+        answer: dict[str, object] = {"status": "ok"}
+        if self.services.scheduler_passes is not None:
+            answer["scheduler_passes"] = self.services.scheduler_passes()
+        self.finish(answer)
 
 
 def routes() -> list[tuple[str, type]]:

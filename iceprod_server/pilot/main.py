@@ -209,6 +209,7 @@ class Pilot:
                 continue
             run = TaskRun(desc, self.scratch, self.hostname, self.pilot_id, self.client,
                           on_done=self.wakeup.set, keep_scratch=self.args.keep_scratch,
+                          skip_class_modules=self.args.skip_class_modules,
                           spool=self.spool)
             with self.lock:
                 self.runs[run.task_id] = run
@@ -346,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory for task scratch dirs (default: a temporary dir)")
     parser.add_argument("--keep-scratch", action="store_true",
                         help="keep each task's scratch dir after it ends")
+    parser.add_argument("--skip-class-modules", action="store_true",
+                        help="leave out modules that name an IceTray running_class and no "
+                             "src, instead of reporting their task as an error; each one "
+                             "left out is logged and listed in the attempt's stats "
+                             "(skipped_class_modules)")
     parser.add_argument("--log-spool", metavar="DIR",
                         help="where task logs wait while the server is away, to be sent "
                              "when it is back (default: SCRATCH/log-spool)")
@@ -372,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s pilot: %(message)s")
+    if args.skip_class_modules:
+        log.warning("--skip-class-modules: modules that need an IceTray environment will NOT "
+                    "run; their tasks can complete without the work those modules do")
     for name in ("cpu", "gpu", "max_tasks"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "gpu" else 1):

@@ -99,7 +99,8 @@ class TaskRun(threading.Thread):
 
     def __init__(self, desc: dict[str, Any], scratch_root: Path, hostname: str,
                  pilot_id: str, client: IceProdClient, on_done: Callable[[], None],
-                 keep_scratch: bool = False, spool: LogSpool | None = None) -> None:
+                 keep_scratch: bool = False, spool: LogSpool | None = None,
+                 skip_class_modules: bool = False) -> None:
         # the dataset config itself, the task's options merged into its options
         self.config: dict[str, Any] = desc
         self.options: dict[str, Any] = desc.get("options") or {}
@@ -115,6 +116,9 @@ class TaskRun(threading.Thread):
         self.client = client
         self.on_done = on_done
         self.keep_scratch = keep_scratch
+        self.skip_class_modules = skip_class_modules
+        # IceTray class modules left out under --skip-class-modules, for the stats
+        self.skipped: list[str] = []
         self.spool = spool
         self.usage = Usage()
         self.stdlog: list[str] = []
@@ -153,6 +157,8 @@ class TaskRun(threading.Thread):
             elapsed = time.monotonic() - started
             report = {"hostname": self.hostname, "time_used": round(elapsed, 3),
                       "resources": self._used(elapsed), "pilot_id": self.pilot_id}
+            if self.skipped:
+                report["skipped_class_modules"] = self.skipped
             self.note("finished: %s after %.1f s", error or "success", elapsed)
             self._upload_logs()
             try:
@@ -235,13 +241,34 @@ class TaskRun(threading.Thread):
                             return self._stop_reason
                         cmd = module_command(module, values)
                         if cmd is None:
-                            what = module.get("running_class") or "nothing to run"
-                            self.note("module %s skipped: no src (%s)", label, what)
+                            error = self._class_module(label, module)
+                            if error:
+                                return error
                             continue
                         env = module_env(module, values, self.dir)
                         error = self._run_module(label, cmd, env, out, err, deadline)
                         if error:
                             return error
+        return None
+
+    def _class_module(self, label: str, module: dict[str, Any]) -> str | None:
+        """A module without ``src``: an IceTray class (``running_class``) that only an
+        IceTray environment (IceProd 2's own pilot) can run. Skipping it would report a
+        task as complete that computed nothing, so that happens only on request."""
+        running_class = str(module.get("running_class") or "").strip()
+        if not running_class:
+            self.note("module %s skipped: it has neither src nor running_class", label)
+            return None
+        if not self.skip_class_modules:
+            return (f"module {label} needs an IceTray environment: it runs the class "
+                    f"{running_class!r}, which this pilot cannot run (use IceProd 2's pilot, "
+                    f"or --skip-class-modules to leave such modules out)")
+        self.skipped.append(f"{label}: {running_class}")
+        self.note("module %s NOT RUN: class %s needs an IceTray environment "
+                  "(--skip-class-modules)", label, running_class)
+        log.warning("task %s: module %s (class %s) NOT RUN because of --skip-class-modules; "
+                    "the task's results do not include it", self.task_id, label,
+                    running_class)
         return None
 
     def _run_module(self, label: str, cmd: list[str], env: dict[str, str], out: IO[bytes],

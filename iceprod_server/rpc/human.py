@@ -286,9 +286,10 @@ async def public_get_task(ctx: Context, task_id: Id) -> dict[str, Any]:
 
 @rpc_method(PUBLIC, errors=READ_ERRORS)
 async def public_get_task_stats(ctx: Context, dataset_id: Id) -> dict[str, dict[str, Any]]:
-    """Per task name: ``count`` of successful attempts with ``mean``, ``min``, ``max`` of
-    their time_used (seconds), ``p50`` and ``p90`` over the latest 2000 (``sample``), and
-    ``failed`` attempts."""
+    """Per task name: ``count``, the tasks complete; over the dataset's most recent
+    attempts of all task names together (2000 per task name in the dataset): ``failed``
+    attempts, and ``mean``, ``min``, ``max``, ``p50``, ``p90`` of the successful ones'
+    time_used (seconds), ``sample`` of them."""
     return await ctx.services.db.read(reads.task_stats, dataset_id)
 
 

@@ -3,8 +3,9 @@
 - ``browser``: one chromium for all the browser tests, launched from /usr/bin/chromium (never a
   downloaded browser). Missing chromium fails these tests, or skips them when
   ``ICEPROD_TEST_SKIP_BROWSER=1``.
-- ``site``: one server per test module (SQLite) with alice, bob and an administrator
-  (:class:`tests.browser.helpers.Site`); a module may set ``SERVER_ENV`` for its server.
+- ``site``: one server per test module with alice, bob and an administrator
+  (:class:`tests.browser.helpers.Site`), on the database :data:`DATABASES` names for the
+  module (SQLite and MariaDB alternate); a module may set ``SERVER_ENV`` for its server.
   After each test every dataset that could still run is suspended, so tests never share
   work.
 - ``page``: a fresh browser context (no cookies, no storage) 1280 px wide for each test;
@@ -26,6 +27,16 @@ from tests.browser.helpers import CHROMIUM, LAUNCH_ARGS, WIDTH, Pilots, Shots, S
 from tests.support.databases import throwaway_database
 
 SKIP_BROWSER = os.environ.get("ICEPROD_TEST_SKIP_BROWSER", "") == "1"
+# the database of each module's server, alternating in the order the modules run; the
+# pages read through the same functions on both, so one database per module is enough
+DATABASES = {
+    "test_datasets": "sqlite",
+    "test_escaping": "mariadb",
+    "test_layout": "sqlite",
+    "test_login": "mariadb",
+    "test_submit": "sqlite",
+    "test_tasks": "mariadb",
+}
 _FAILED = pytest.StashKey[bool]()
 
 
@@ -66,7 +77,9 @@ def browser() -> Iterator[Any]:
 def site(request: pytest.FixtureRequest, module_server: Any,
          tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Site]:
     env: dict[str, str] = getattr(request.module, "SERVER_ENV", {})
-    with throwaway_database("sqlite", tmp_path_factory.mktemp("db")) as url:
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    assert module in DATABASES, f"add {module} to DATABASES in tests/browser/conftest.py"
+    with throwaway_database(DATABASES[module], tmp_path_factory.mktemp("db")) as url:
         yield Site.start(module_server(url, env=env))
 
 

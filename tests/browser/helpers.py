@@ -366,3 +366,37 @@ def action_buttons(page: Page) -> list[str]:
     ids: list[str] = page.evaluate(
         "[...document.querySelectorAll('[id^=\"action-\"]')].map(e => e.id)")
     return ids
+
+
+class Settled:
+    """Waits, after a navigation, until the page has done what it does on its own: the
+    ``load`` event, every request it started (other than its live event stream) answered,
+    and every image either loaded or failed (so an ``onerror`` handler has run)."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.pending: set[Any] = set()
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _started(self, request: Any) -> None:
+        if "/live/" not in request.url:  # an EventSource stays open by design
+            self.pending.add(request)
+
+    def _ended(self, request: Any) -> None:
+        self.pending.discard(request)
+
+    def wait(self, timeout: float = 15.0) -> None:
+        self.page.wait_for_load_state("load")
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.page.url}: requests still open after "
+                                     f"{timeout} s: {[r.url for r in self.pending]}")
+            self.page.wait_for_timeout(20)  # lets Playwright deliver the request events
+        # every <img> has loaded or failed; its load or error event is dispatched before
+        # the next task of the page, which the second check runs in
+        for _ in range(2):
+            self.page.wait_for_function("[...document.images].every(img => img.complete)",
+                                        polling=50, timeout=timeout * 1000)

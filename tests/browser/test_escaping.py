@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.browser.helpers import Shots, Site, dataset_config, python_task
+from tests.browser.helpers import Settled, Shots, Site, dataset_config, python_task
 from tests.support.datasets import claim_one
 
 PAYLOAD = "<script>window.__pwned=1</script><img src=x onerror=alert(1)>"
@@ -31,13 +31,16 @@ def test_markup_in_a_description_or_a_log_is_shown_as_text(page: Any, site: Site
         dialog.dismiss()
 
     page.on("dialog", dismiss)
+    settled = Settled(page)
     shown = {"/dataset": PAYLOAD, f"/dataset/{dataset_id}": PAYLOAD, "/": None,
              f"/task/{task_id}": LOG_PAYLOAD, f"/log/{task_id}/stdout": LOG_PAYLOAD}
     ran: list[str] = []
     missing: list[str] = []
     for path, text in shown.items():
         page.goto(path)
-        page.wait_for_timeout(500)  # time for a broken image's onerror to fire
+        # the page's own requests answered and every image failed or loaded: an injected
+        # <img onerror> would have fired by now
+        settled.wait()
         shot(page, path.strip("/").replace("/", "-") or "overview")
         pwned = page.evaluate("typeof window.__pwned === 'undefined' ? null : window.__pwned")
         if pwned is not None:

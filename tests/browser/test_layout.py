@@ -12,6 +12,7 @@ import pytest
 
 from tests.browser.helpers import (
     WIDTH,
+    Settled,
     Shots,
     Site,
     dataset_config,
@@ -51,11 +52,12 @@ def test_no_horizontal_scrolling_at_1280_px(page: Any, site: Site, shot: Shots,
     too_wide: list[str] = []
     broken: list[str] = []
     login(page, "admin1")
+    settled = Settled(page)
     for path in pages + ["/logout", "/login"]:
         response = page.goto(path)
         if path == "/logout":
             continue
-        page.wait_for_timeout(300)  # let the page's script fill in what it fetches
+        settled.wait()  # the page's script has filled in what it fetches
         status = response.status if response else None
         if status != 200:
             broken.append(f"{path}: HTTP {status}")

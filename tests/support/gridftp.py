@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import enum
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -39,7 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
-from iceprod_server.gsiftp import GridFTPClient, UnsupportedError, make_client
+from iceprod_server.gsiftp import GridFTPClient, make_client
 
 if TYPE_CHECKING:
     from tests.support.gsi_ca import GSICredentials
@@ -144,11 +142,14 @@ def _group_alive(pgid: int) -> bool:
 
 
 def start_server(log_dir: Path, credentials: GSICredentials | None = None,
-                 port: int | None = None) -> GridFTPServer:
+                 port: int | None = None,
+                 disabled_commands: tuple[str, ...] = ()) -> GridFTPServer:
     """Start a server and wait until it greets with ``220``.
 
     Without ``credentials`` it allows anonymous ``ftp://`` logins, run as ``nobody``;
     with them it serves ``gsiftp://`` to the test user, mapped to ``nobody`` too.
+    ``disabled_commands`` (such as ``CKSM``) are refused by the server, as an older or
+    differently configured server would.
     """
     program = shutil.which(SERVER_PROGRAM) or f"/usr/sbin/{SERVER_PROGRAM}"
     port = port or unused_port()
@@ -157,6 +158,8 @@ def start_server(log_dir: Path, credentials: GSICredentials | None = None,
     log_path = log_dir / f"gridftp-{scheme}-{port}.log"
     argv = [program, "-p", str(port), "-control-interface", HOST, "-data-interface", HOST,
             "-l", str(log_path), "-d", "ERROR,WARN,INFO", "-disable-usage-stats"]
+    if disabled_commands:
+        argv += ["-disable-command-list", ",".join(disabled_commands)]
     env = without_x509(dict(os.environ))
     if credentials is None:
         argv += ["-aa", "-anonymous-user", LOCAL_USER]
@@ -202,9 +205,9 @@ def _wait_for_greeting(server: GridFTPServer) -> None:
 
 
 @contextmanager
-def running_server(log_dir: Path,
-                   credentials: GSICredentials | None = None) -> Iterator[GridFTPServer]:
-    server = start_server(log_dir, credentials)
+def running_server(log_dir: Path, credentials: GSICredentials | None = None,
+                   disabled_commands: tuple[str, ...] = ()) -> Iterator[GridFTPServer]:
+    server = start_server(log_dir, credentials, disabled_commands=disabled_commands)
     try:
         yield server
     finally:
@@ -273,15 +276,6 @@ class BlackHole:
 # test gives up on a backend that ignores its timeouts
 CLIENT_TIMEOUT = 60.0
 GUARD = 180.0
-# what a refusal of gsiftp control-channel operations has to talk about to be clear
-_CLEAR_REFUSAL = re.compile(r"gsi|gss|certificate|x\.?509|credential", re.IGNORECASE)
-
-
-class Unsupported(enum.Enum):
-    """What :meth:`Site.run_control` returns when the backend refused, as it may."""
-
-    ALLOWED = "refused with UnsupportedError, as this backend may on this scheme"
-
 
 @dataclass
 class Site:
@@ -298,11 +292,6 @@ class Site:
     @property
     def scheme(self) -> str:
         return self.server.scheme
-
-    @property
-    def control_may_be_unsupported(self) -> bool:
-        """url-copy may be unable to do GSI on a control connection of its own."""
-        return self.backend == "url-copy" and self.scheme == "gsiftp"
 
     def url(self, name: str = "") -> str:
         return self.server.url(f"{self.directory}/{name}")
@@ -333,21 +322,6 @@ class Site:
         """Run ``scenario`` with a new client (``timeout`` is its default) in a new event
         loop, and close the client afterwards."""
         return asyncio.run(self._with_client(scenario, timeout, guard))
-
-    def run_control(self, scenario: Callable[[GridFTPClient], Awaitable[T]], *,
-                    timeout: float = CLIENT_TIMEOUT,
-                    guard: float = GUARD) -> T | Unsupported:
-        """:meth:`run` for control-channel operations, which url-copy may refuse on
-        gsiftp: that, with a message saying why, gives ``Unsupported.ALLOWED``."""
-        try:
-            return self.run(scenario, timeout=timeout, guard=guard)
-        except UnsupportedError as e:
-            if not self.control_may_be_unsupported:
-                raise
-            assert e.url.startswith("gsiftp://"), f"refusal about {e.url!r}"
-            assert _CLEAR_REFUSAL.search(e.detail), \
-                f"UnsupportedError without saying that GSI is the reason: {e}"
-            return Unsupported.ALLOWED
 
     async def _with_client(self, scenario: Callable[[GridFTPClient], Awaitable[T]],
                            timeout: float, guard: float) -> T:

@@ -8,6 +8,7 @@ Everything else talks to real server processes (:mod:`tests.support.servers`).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -33,8 +34,9 @@ class InProcessServer:
     def __init__(self, data_dir: Path, overrides: dict[str, Any] | None = None,
                  scheduler: bool = True) -> None:
         self.port = unused_port()
-        self.config = config_mod.load(data_dir, {"port": self.port, **(overrides or {})},
-                                      environ={})
+        self.config = config_mod.load(data_dir, {"port": self.port,
+                                                 "cookie_secret": secrets.token_urlsafe(32),
+                                                 **(overrides or {})}, environ={})
         self.with_scheduler = scheduler
         self.loop = asyncio.new_event_loop()
         self.services: Services | None = None

@@ -9,6 +9,7 @@ Several processes may serve one deployment (one database).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -189,6 +190,23 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def scheduler_passes(self) -> int:
+        """The scheduler passes this process has finished (from ``GET /healthz``)."""
+        status, body = http_get(self.port, "/healthz")
+        assert status == 200, (status, body)
+        return int(json.loads(body)["scheduler_passes"])
+
+    def wait_scheduler_passes(self, n: int = 2, timeout: float = 30.0) -> None:
+        """Wait until ``n`` more scheduler passes have finished; with n >= 2, at least one
+        whole pass began after this call, so whatever it would move has moved."""
+        target = self.scheduler_passes() + n
+        deadline = time.monotonic() + timeout
+        while (seen := self.scheduler_passes()) < target:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the scheduler made {seen - target + n} of {n} passes "
+                                     f"in {timeout} s")
+            time.sleep(0.05)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout

@@ -44,6 +44,8 @@ class Upstream:
         self.files: dict[str, bytes] = {}
         self.hits: Counter[tuple[str, str]] = Counter()
         self.sent: Counter[str] = Counter()
+        # bytes a /pub/big/ answer had sent when it ended (done, or the caller went away)
+        self.ended: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -130,12 +132,15 @@ class BigHandler(UpstreamHandler):
         block = bytes(range(256)) * 1024
         self.set_header("Content-Length", size)
         sent = 0
-        while sent < size:
-            piece = block[:size - sent]
-            self.write(piece)
-            await self.flush()
-            sent += len(piece)
-            self.up.sent[self.request.path] = sent
+        try:
+            while sent < size:
+                piece = block[:size - sent]
+                self.write(piece)
+                await self.flush()
+                sent += len(piece)
+                self.up.sent[self.request.path] = sent
+        finally:
+            self.up.ended[self.request.path] = sent
 
 
 class HangHandler(UpstreamHandler):

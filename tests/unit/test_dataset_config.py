@@ -154,14 +154,43 @@ def test_many_problems_are_capped() -> None:
 
 def test_requirements_defaults_and_expressions() -> None:
     assert dataset_config.task_requirements({"name": "a"}) == dataset_config.REQUIREMENT_DEFAULTS
+    steering = {"cpus": 4, "mem": "$eval(1.5*2)", "showers": "5000"}
     req = dataset_config.task_requirements({"name": "a", "requirements": {
-        "cpu": "$steering(cpus)", "gpu": 2, "memory": "2.5", "disk": 3, "time": None,
-        "os": ["RHEL_7_x86_64", "RHEL_8_x86_64"]}})
-    assert req == {"cpu": 1, "gpu": 2, "memory": 2.5, "disk": 3.0, "time": 1.0,
-                   "os": "RHEL_7_x86_64"}
+        "cpu": "$steering(cpus)", "gpu": 2, "memory": "$eval($steering(mem)//2)", "disk": "3",
+        "time": None, "os": ["RHEL_7_x86_64", "RHEL_8_x86_64"]}}, steering)
+    assert req == {"cpu": 4, "gpu": 2, "memory": 1.0, "disk": 3.0, "time": 1.0,
+                   "os": ["RHEL_7_x86_64", "RHEL_8_x86_64"]}
     assert isinstance(req["disk"], float) and isinstance(req["gpu"], int)
     assert dataset_config.task_requirements({"requirements": {"os": "RHEL_7"}})["os"] == "RHEL_7"
+    assert dataset_config.task_requirements({"requirements": {"os": ["RHEL_7"]}})["os"] == \
+        "RHEL_7"
     assert dataset_config.task_requirements({"requirements": {"os": []}})["os"] is None
+
+
+@pytest.mark.parametrize(("value", "named"), [
+    ("$(job)", "$(job)"),
+    ("$eval($(job) % 4 + 1)", "$(job)"),
+    ("$steering(nope)", "'nope'"),
+    ("$args(cpus)", "$args"),
+    ("$eval(__import__('os'))", "not plain arithmetic"),
+    ("lots", "'lots'"),
+])
+def test_requirement_expression_that_cannot_be_evaluated_is_a_problem(value: str,
+                                                                      named: str) -> None:
+    config = small({"name": "t", "requirements": {"memory": "2", "cpu": value}})
+    problems = dataset_config.validate(config)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("$.tasks[0].requirements.cpu"), problems
+    assert repr(value) in problems[0] and named in problems[0], problems
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("cpu", 10**30), ("memory", "1e300"), ("time", "$eval(10**9)"), ("cpu", "9" * 5000),
+])
+def test_requirement_beyond_any_machine_is_a_problem(key: str, value: object) -> None:
+    problems = dataset_config.validate(small({"name": "t", "requirements": {key: value}}))
+    assert len(problems) == 1 and problems[0].startswith(f"$.tasks[0].requirements.{key}")
+    assert len(problems[0]) < 500, "a problem quotes a long expression only in part"
 
 
 def test_config_as_json_text() -> None:

@@ -49,6 +49,9 @@ class Config:
     # seconds a task may stay waiting or queued before it is put back to idle
     queue_timeout: float = 86400.0
     scheduler_interval: float = 5.0
+    # seconds without a scheduler pass that ended well after which /healthz answers 503
+    # "scheduler": "stalled"; 0 means ten scheduler intervals, at least a minute
+    scheduler_stall_seconds: float = 0.0
     # how many tasks the scheduler keeps queued for pilots
     queue_depth: int = 10000
     # how many jobs are materialised per dataset per scheduler pass
@@ -305,6 +308,9 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"metrics_allow: {e}") from None
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, got {config.log_format!r}")
+    if config.scheduler_stall_seconds < 0:
+        raise ConfigError("scheduler_stall_seconds must not be negative, got "
+                          f"{config.scheduler_stall_seconds}")
     if config.shutdown_grace < 0:
         raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
     for name in ("lease_seconds", "first_contact_seconds", "queue_timeout",

@@ -22,7 +22,7 @@ LIVE_OPTIONS = frozenset({
     "cookie_secure", "log_inline_max", "files_access", "files_max_upload_bytes",
     "proxy_access", "lease_seconds", "max_resets", "queue_depth", "queue_timeout",
     "materialize_batch", "scheduler_interval", "shutdown_grace", "retry_delay_seconds",
-    "retry_max_delay_seconds",
+    "retry_max_delay_seconds", "scheduler_stall_seconds", "metrics_allow",
 })
 
 

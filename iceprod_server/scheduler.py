@@ -36,9 +36,17 @@ class Scheduler:
         self._cursor: scheduling.Cursor = (time.time() - LOOKBACK, "")
         self.passes = 0
         self._stopping = False
+        # monotonic times: when it started, and when a pass last ended well
+        self._started = time.monotonic()
+        self._last_pass: float | None = None
 
     def start(self) -> None:
+        self._started = time.monotonic()
         self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    def age(self) -> float:
+        """Seconds since a pass last ended well (since the start, before the first)."""
+        return time.monotonic() - (self._last_pass or self._started)
 
     def wake(self) -> None:
         self._wake.set()
@@ -67,6 +75,7 @@ class Scheduler:
                 summary = await self.run_once()
                 metrics.SCHEDULER_PASS_SECONDS.observe(time.perf_counter() - started)
                 metrics.SCHEDULER_LAST_PASS.set(time.time())
+                self._last_pass = time.monotonic()
                 if any(summary.values()):
                     log.info("scheduler pass: %s",
                              ", ".join(f"{k}={v}" for k, v in summary.items() if v))

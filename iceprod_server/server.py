@@ -50,6 +50,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         scheduler = Scheduler(services)
         services.on_wake_scheduler(scheduler.wake)
         services.scheduler_passes = lambda: scheduler.passes
+        services.scheduler_age = scheduler.age
         scheduler.start()
         sampler = asyncio.create_task(metrics.sampler(services), name="metrics sampler")
         site_link = None

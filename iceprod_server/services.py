@@ -58,8 +58,10 @@ class Services:
         self.requests = InFlight()
         self.live = LiveHub()
         self._wake: Callable[[], None] | None = None
-        # how many scheduler passes this process has finished (None: no scheduler)
+        # how many scheduler passes this process has finished, and the seconds since the
+        # last one ended well (None: no scheduler)
         self.scheduler_passes: Callable[[], int] | None = None
+        self.scheduler_age: Callable[[], float] | None = None
         self._gsiftp: GridFTPClient | None = None
 
     def _read_cookie_secret(self) -> str:

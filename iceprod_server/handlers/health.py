@@ -1,15 +1,29 @@
-"""``GET /healthz``: 200 once the server is ready and its database answers, 503 when it does
-not, within :data:`HEALTH_SECONDS` whatever the database does.
+"""``GET /healthz``: whether this server process can do its work, for nginx, systemd and
+Kubernetes probes; answered within :data:`HEALTH_SECONDS` whatever the database does.
 
-The answer also counts the scheduler passes this process has finished
-(``scheduler_passes``), so an operator or a test can see the scheduler is alive and wait
-for a pass that began after some moment."""
+200 ``{"status": "ok", "database": "ok", "scheduler_age_s": S, "scheduler_passes": N}``;
+503 with ``"status": "unavailable"`` and what is wrong: ``"database": "unreachable"`` when a
+read does not answer in time, ``"scheduler": "stalled"`` when no scheduler pass has ended
+well for :func:`stall_limit` seconds. ``scheduler_age_s`` is the time since the last pass
+ended well; ``scheduler_passes`` counts them, so a test can wait for a pass that began after
+some moment.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from iceprod_server.config import Config
 from iceprod_server.handlers.base import BaseHandler
 
 HEALTH_SECONDS = 2.0
+
+
+def stall_limit(config: Config) -> float:
+    """Seconds without a good pass after which the scheduler counts as stalled:
+    ``scheduler_stall_seconds``, or by default ten intervals and never less than a minute
+    (a pass over a large queue takes a while)."""
+    return config.scheduler_stall_seconds or max(60.0, 10 * config.scheduler_interval)
 
 
 class HealthHandler(BaseHandler):
@@ -18,14 +32,22 @@ class HealthHandler(BaseHandler):
 
     async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
+        services = self.services
+        answer: dict[str, Any] = {"status": "ok"}
         # a little under the bound, for the time the answer itself takes
-        if not await self.services.db.ping(HEALTH_SECONDS - 0.2):
+        if await services.db.ping(HEALTH_SECONDS - 0.2):
+            answer["database"] = "ok"
+        else:
+            answer.update(status="unavailable", database="unreachable")
+        if services.scheduler_age is not None:
+            age = services.scheduler_age()
+            answer["scheduler_age_s"] = round(age, 3)
+            if age > stall_limit(services.config):
+                answer.update(status="unavailable", scheduler="stalled")
+        if services.scheduler_passes is not None:
+            answer["scheduler_passes"] = services.scheduler_passes()
+        if answer["status"] != "ok":
             self.set_status(503)
-            self.finish({"status": "unavailable", "database": "unreachable"})
-            return
-        answer: dict[str, object] = {"status": "ok"}
-        if self.services.scheduler_passes is not None:
-            answer["scheduler_passes"] = self.services.scheduler_passes()
         self.finish(answer)
 
 

@@ -9,6 +9,7 @@ process serves again by itself, and nothing acknowledged before the fault is los
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -52,8 +53,11 @@ def timed_error(fn: Any, *args: Any, **kwargs: Any) -> tuple[int, float]:
 
 def health(srv: ServerProcess) -> tuple[int, float]:
     started = time.monotonic()
-    status, _ = http_get(srv.port, "/healthz", timeout=10)
-    return status, time.monotonic() - started
+    status, body = http_get(srv.port, "/healthz", timeout=10)
+    took = time.monotonic() - started
+    if status == 503:  # the answer names what is wrong
+        assert json.loads(body)["database"] == "unreachable", body
+    return status, took
 
 
 def check_unavailable(srv: ServerProcess, pilot_key: str, task_id: str) -> None:

@@ -23,17 +23,22 @@ def test_workers_share_the_port_and_are_replaced(server: Any, db_url: str,
     dep = server.deployment(db_url)
     srv = start_server(dep, tmp_path / "logs", extra_args=("--processes", "2"))
     try:
-        first = wait_until("two workers", lambda: len(workers(srv.proc.pid)) == 2
-                           and workers(srv.proc.pid))
+        def two() -> set[int] | None:
+            now = workers(srv.proc.pid)
+            return now if len(now) == 2 else None
+
+        first = wait_until("two workers", two)
         user = srv.client(dep.passkey("user", "alice"))
         pilot = srv.client(dep.passkey("pilot"), pilot_ref="p1")
         dataset_id = submit(user, config(), njobs=20)
 
         victim = sorted(first)[0]
         os.kill(victim, signal.SIGKILL)
-        replaced = wait_until("the dead worker to be replaced", lambda: (
-            len(workers(srv.proc.pid)) == 2 and victim not in workers(srv.proc.pid)
-            and workers(srv.proc.pid)), timeout=30)
+        def replacement() -> set[int] | None:
+            now = workers(srv.proc.pid)  # one look: the dead one may be reaped meanwhile
+            return now if len(now) == 2 and victim not in now else None
+
+        replaced = wait_until("the dead worker to be replaced", replacement, timeout=30)
         assert len(replaced - first) == 1
         assert "exited with signal SIGKILL; starting a new one" in srv.log_text()
 

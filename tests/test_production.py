@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
+from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ANYONE
 from tests.support.databases import mariadb_database
 from tests.support.datasets import REPO, config, submit, wait_counts, wait_until
@@ -32,9 +34,19 @@ from tests.support.servers import (
     start_server,
 )
 from tests.support.tls import CertificateAuthority, make_ca
-from tests.test_concurrency import test_slow_read
 
 NJOBS = 10
+
+
+def _one_second_of_blocking_work(session: Session) -> str:
+    time.sleep(1.0)
+    return "done"
+
+
+async def one_second_read(ctx: Context) -> str:
+    """One second of blocking work on the db pool (registered by this test module only)."""
+    result: str = await ctx.services.db.read(_one_second_of_blocking_work)
+    return result
 
 
 @pytest.fixture
@@ -102,11 +114,11 @@ def test_dataset_through_nginx_over_https_with_two_processes(
 def test_five_blocking_requests_through_nginx_finish_together(
         tmp_path: Path, sqlite_url: str, ca: CertificateAuthority) -> None:
     dep = Deployment.init(tmp_path / "data", sqlite_url)
-    with extra_method("test_slow_read", test_slow_read, ANYONE), \
+    with extra_method("one_second_read", one_second_read, ANYONE), \
             in_process_server(dep.data_dir, {"db_threads": 8}, scheduler=False) as server:
         nginx = https_nginx(tmp_path / "nginx", ca, server.port)
         try:
-            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "test_slow_read"})
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "one_second_read"})
 
             def curl() -> tuple[float, Any]:
                 started = time.monotonic()

@@ -26,7 +26,13 @@ MB = 1024 * 1024
 
 
 def entries(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory)) if directory.exists() else []
+    """What ``directory`` holds, leaving out the empty ``public`` folder that
+    ``iceprod-server init`` makes in the files directory."""
+    if not directory.exists():
+        return []
+    return sorted(name for name in os.listdir(directory)
+                  if not (name == "public" and (directory / name).is_dir()
+                          and not any((directory / name).iterdir())))
 
 
 @dataclass

@@ -6,6 +6,8 @@
   unused port and stops the process afterwards; ``server.another(first)`` starts a second
   process on the same database. ``module_server`` lives for a whole test module.
 - ``sqlite_url``: a SQLite file for tests that are not about the database.
+- ``h``: a :class:`~tests.support.harness.Harness` on the module's own ``base`` fixture;
+  ``upstream``: an http server for the file proxy to fetch from.
 
 See docs/testing.md for the environment variables.
 """
@@ -20,7 +22,9 @@ import pytest
 
 from tests.support import gridftp, gsi_ca
 from tests.support.databases import BACKENDS, throwaway_database
+from tests.support.harness import Base, Harness
 from tests.support.servers import Deployment, ServerProcess, start_server
+from tests.support.upstream import Upstream
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -110,3 +114,21 @@ def gridftp_server(request: pytest.FixtureRequest,
     throwaway certificate authority (tests/support/gsi_ca.py)."""
     with gsi_ca.scheme_server(request.param, tmp_path_factory.mktemp("gridftp")) as server:
         yield server
+
+
+@pytest.fixture
+def h(base: Base) -> Iterator[Harness]:
+    """A harness on the test module's ``base`` server (each module says how it is set up
+    in a ``base`` fixture of its own)."""
+    harness = Harness(base)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    """A small http server to proxy from (tests/support/upstream.py)."""
+    up = Upstream()
+    up.start()
+    yield up
+    up.stop()

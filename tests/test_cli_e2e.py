@@ -12,42 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.support.datasets import REPO, counts, wait_until
-from tests.support.servers import ICEPROD_PILOT, clean_environ, iceprod_server
+from tests.support.servers import iceprod_server, start_pilot, wait_pilots
 
 NJOBS = 20
 EXAMPLE = REPO / "conf" / "examples" / "two_tasks.json"
 
-_FALLBACK_GENERATE = ("import sys, time; job = int(sys.argv[1]); open(sys.argv[2], 'w')"
-                      ".write(''.join(f'{job * 10 + i}\\n' for i in range(10))); "
-                      "print(f'generate: job {job} wrote 10 numbers at {time.time():.3f}')")
-_FALLBACK_PROCESS = ("import sys, time; total = sum(int(x) for x in open(sys.argv[2])); "
-                     "print(f'process: job {sys.argv[1]} sum {total} at {time.time():.3f}')")
-
-
 def example_config(staging: Path) -> dict[str, Any]:
-    """conf/examples/two_tasks.json with its files staged under ``staging``; a config that
-    behaves the same when the example is missing."""
-    if EXAMPLE.exists():
-        text = EXAMPLE.read_text().replace("file:///tmp/iceprod-examples", f"file://{staging}")
-        loaded: dict[str, Any] = json.loads(text)
-        return loaded
-    path = f"{staging}/job-$(job).txt"
-
-    def one(name: str, code: str, depends: list[str]) -> dict[str, Any]:
-        module = {"name": name, "src": "python3", "args": ["-c", code, "$(job)", path],
-                  "env_shell": "", "env_clear": True}
-        return {"name": name, "depends": depends,
-                "requirements": {"cpu": 1, "memory": 0.5, "disk": 0.1, "time": 0.1},
-                "trays": [{"name": "main", "iterations": 1, "modules": [module]}]}
-
-    return {"version": 3, "description": "two tasks", "options": {}, "tasks": [
-        one("generate", _FALLBACK_GENERATE, []), one("process", _FALLBACK_PROCESS,
-                                                      ["generate"])]}
+    """conf/examples/two_tasks.json with its files staged under ``staging``."""
+    text = EXAMPLE.read_text().replace("file:///tmp/iceprod-examples", f"file://{staging}")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 def test_submit_run_and_status_from_the_command_line(server: Any, db_url: str,
@@ -67,24 +45,10 @@ def test_submit_run_and_status_from_the_command_line(server: Any, db_url: str,
     dataset_id = out.strip()
     assert re.fullmatch(r"\S+", dataset_id), f"submit printed more than the id: {out!r}"
 
-    pilots = []
-    for i in range(2):
-        log = (tmp_path / f"pilot{i}.log").open("wb")
-        pilots.append((subprocess.Popen(
-            [ICEPROD_PILOT, "--url", srv.url, "--passkey", pilot_key, "--exit-when-idle", "6",
-             "--cpu", "2", "--memory", "2", "--disk", "5", "--time", "1",
-             "--poll-interval", "1", "--heartbeat", "5", "--hostname", f"node{i}",
-             "--scratch", str(tmp_path / f"scratch{i}")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=clean_environ()), tmp_path / f"pilot{i}.log"))
-    for proc, log_path in pilots:
-        try:
-            code = proc.wait(timeout=240)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError(f"iceprod-pilot did not exit when idle:\n"
-                                 f"{log_path.read_text()[-4000:]}") from None
-        assert code == 0, f"iceprod-pilot exited with {code}:\n{log_path.read_text()[-4000:]}"
+    wait_pilots([start_pilot(srv.url, pilot_key, tmp_path / "pilots", f"node{i}",
+                             "--exit-when-idle", "6", "--cpu", "2", "--memory", "2", "--disk",
+                             "5", "--time", "1", "--poll-interval", "1", "--heartbeat", "5")
+                 for i in range(2)], timeout=240)
 
     client = srv.client()
     assert counts(client, dataset_id) == {"complete": 2 * NJOBS}

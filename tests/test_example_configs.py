@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from iceprod_server.client import IceProdClient
 from tests.support.datasets import REPO, counts, offer, task_options, wait_until
-from tests.support.servers import ICEPROD_PILOT, ServerProcess, clean_environ, iceprod_server
+from tests.support.servers import ServerProcess, iceprod_server, start_pilot, wait_pilots
 
 EXAMPLES = REPO / "conf" / "examples"
 ICEPROD2_STYLE = ("simulation.json", "multi_tray.json", "filtering.json")
@@ -186,27 +185,15 @@ def test_examples_run_in_dependency_order_gpu_tasks_only_on_gpus(server: Any,
     assert sorted(gpu_only.ran) == sorted(expected_names)
 
 
-def run_pilots(srv: ServerProcess, key: str, tmp_path: Path) -> None:
-    """Two reference pilots, one offering a GPU, until there is no more work."""
-    pilots = []
-    for i, gpu in enumerate((0, 1)):
-        log_path = tmp_path / f"pilot{i}.log"
-        with log_path.open("wb") as log:
-            pilots.append((subprocess.Popen(
-                [ICEPROD_PILOT, "--url", srv.url, "--passkey", key, "--exit-when-idle", "8",
-                 "--cpu", "2", "--gpu", str(gpu), "--memory", "8", "--disk", "10",
-                 "--time", "2", "--poll-interval", "1", "--heartbeat", "5",
-                 "--hostname", f"node{i}", "--scratch", str(tmp_path / f"scratch{i}")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=clean_environ()), log_path))
-    for proc, log_path in pilots:
-        try:
-            code = proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError(f"iceprod-pilot did not exit when idle:\n"
-                                 f"{log_path.read_text()[-4000:]}") from None
-        assert code == 0, f"iceprod-pilot exited with {code}:\n{log_path.read_text()[-4000:]}"
+def run_pilots(srv: ServerProcess, key: str, tmp_path: Path) -> Path:
+    """Two reference pilots, one offering a GPU, until there is no more work; returns the
+    first one's log."""
+    pilots = [start_pilot(srv.url, key, tmp_path / "pilots", f"node{i}", "--exit-when-idle",
+                          "8", "--cpu", "2", "--gpu", str(gpu), "--memory", "8", "--disk",
+                          "10", "--time", "2", "--poll-interval", "1", "--heartbeat", "5")
+              for i, gpu in enumerate((0, 1))]
+    wait_pilots(pilots)
+    return pilots[0][1]
 
 
 @pytest.mark.parametrize("name", ICEPROD2_STYLE)
@@ -221,13 +208,13 @@ def test_example_runs_to_completion_with_the_reference_pilot(server: Any, sqlite
     dataset_id = iceprod_server("submit", str(config_path), "--njobs", str(NJOBS), "--url",
                                 srv.url, "--passkey", user_key).stdout.strip()
 
-    run_pilots(srv, srv.deployment.passkey("pilot"), tmp_path)
+    pilot_log = run_pilots(srv, srv.deployment.passkey("pilot"), tmp_path)
 
     client = srv.client()
     ntasks = len(load(name)["tasks"])
     got = counts(client, dataset_id)
     assert got == {"complete": ntasks * NJOBS}, \
-        f"{name}: {got}; pilot log:\n{(tmp_path / 'pilot0.log').read_text()[-3000:]}"
+        f"{name}: {got}; pilot log:\n{pilot_log.read_text()[-3000:]}"
     number = client.call("public_get_dataset", dataset_id=dataset_id)["dataset_num"]
     CHECKS[name](outroot, number)
 

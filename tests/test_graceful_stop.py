@@ -11,24 +11,13 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.support.upstream import Upstream
 
 DOWNLOADS = 5
 # the upstream's slow mode sends 64 KiB every 20 ms: about 2 s for this size
 SIZE = 96 * 64 * 1024
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    up = Upstream()
-    up.start()
-    yield up
-    up.stop()
 
 
 class Download(threading.Thread):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,6 @@ ENV = {"ICEPROD_MAX_RESETS": str(MAX_RESETS), "ICEPROD_LOG_INLINE_MAX": str(LOG_
 @pytest.fixture(scope="module")
 def base(module_server: Any, module_db_url: str) -> Base:
     return Base.start(module_server, module_db_url, ENV)
-
-
-@pytest.fixture
-def h(base: Base) -> Iterator[Harness]:
-    harness = Harness(base)
-    yield harness
-    harness.close()
 
 
 def test_stillrunning_only_for_the_claim(h: Harness) -> None:

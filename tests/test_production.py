@@ -26,12 +26,12 @@ from tests.support.http import fetch
 from tests.support.inprocess import extra_method, in_process_server
 from tests.support.nginx import Certs, Nginx, start_nginx
 from tests.support.servers import (
-    ICEPROD_PILOT,
     Deployment,
     ServerProcess,
-    clean_environ,
     iceprod_server,
+    start_pilot,
     start_server,
+    wait_pilots,
 )
 from tests.support.tls import CertificateAuthority, make_ca
 
@@ -89,14 +89,10 @@ def test_dataset_through_nginx_over_https_with_two_processes(
     dataset_id = iceprod_server("submit", str(config_path), "--njobs", str(NJOBS), "--url", url,
                                 "--passkey", dep.passkey("user", "alice"), env=env).stdout.strip()
     pilot_key = dep.passkey("pilot")
-    pilots = [subprocess.Popen(
-        [ICEPROD_PILOT, "--url", url, "--passkey", pilot_key, "--exit-when-idle", "6",
-         "--cpu", "2", "--memory", "2", "--disk", "5", "--time", "1", "--poll-interval", "1",
-         "--hostname", f"node{i}", "--scratch", str(tmp_path / f"scratch{i}")],
-        stdin=subprocess.DEVNULL, stdout=(tmp_path / f"pilot{i}.log").open("wb"),
-        stderr=subprocess.STDOUT, env=clean_environ(env)) for i in range(2)]
-    for i, proc in enumerate(pilots):
-        assert proc.wait(240) == 0, (tmp_path / f"pilot{i}.log").read_text()[-3000:]
+    wait_pilots([start_pilot(url, pilot_key, tmp_path / "pilots", f"node{i}",
+                             "--exit-when-idle", "6", "--cpu", "2", "--memory", "2", "--disk",
+                             "5", "--time", "1", "--poll-interval", "1", env=env)
+                 for i in range(2)], timeout=240)
 
     from iceprod_server.client import IceProdClient
 

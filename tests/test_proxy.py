@@ -35,14 +35,6 @@ MiB = 1024 * 1024
 
 # -- fixtures --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    up = Upstream()
-    up.start()
-    yield up
-    up.stop()
-
-
 @dataclass
 class Proxy:
     srv: ServerProcess

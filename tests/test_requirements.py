@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,13 +23,6 @@ from tests.support.servers import http_get
 @pytest.fixture(scope="module")
 def base(module_server: Any, module_db_url: str) -> Base:
     return Base.start(module_server, module_db_url, {})
-
-
-@pytest.fixture
-def h(base: Base) -> Iterator[Harness]:
-    harness = Harness(base)
-    yield harness
-    harness.close()
 
 
 def offer_os(os_name: str | None) -> dict[str, Any]:

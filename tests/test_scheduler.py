@@ -6,7 +6,6 @@ each test's datasets are suspended when it ends (see tests/support/harness.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,13 +33,6 @@ ENV = {"ICEPROD_QUEUE_DEPTH": str(QUEUE_DEPTH), "ICEPROD_MATERIALIZE_BATCH": str
 @pytest.fixture(scope="module")
 def base(module_server: Any, module_db_url: str) -> Base:
     return Base.start(module_server, module_db_url, ENV)
-
-
-@pytest.fixture
-def h(base: Base) -> Iterator[Harness]:
-    harness = Harness(base)
-    yield harness
-    harness.close()
 
 
 def jobs_rows(h: Harness, dataset_id: str) -> int:

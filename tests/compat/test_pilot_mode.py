@@ -9,7 +9,6 @@ it ends (tests.support.harness), so no test claims another's tasks.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,13 +25,6 @@ OPTIONS = {"task_id", "task", "dataset_id", "dataset", "job", "jobs_submitted", 
 @pytest.fixture(scope="module")
 def base(module_server: Any, module_db_url: str) -> Base:
     return Base.start(module_server, module_db_url, {})
-
-
-@pytest.fixture
-def h(base: Base) -> Iterator[Harness]:
-    harness = Harness(base)
-    yield harness
-    harness.close()
 
 
 def _pilot(h: Harness, source: str = "127.0.0.1") -> Iceprod2Pilot:

@@ -47,14 +47,6 @@ def files_in(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    up = Upstream()
-    up.start()
-    yield up
-    up.stop()
-
-
 def test_full_disk_fails_cleanly(server: Any, sqlite_url: str, upstream: Upstream) -> None:
     dep = server.deployment(sqlite_url)
     with ExitStack() as mounts:

@@ -252,3 +252,33 @@ def start_server(deployment: Deployment, log_dir: Path, env: dict[str, str] | No
     if wait:
         server.wait_ready()
     return server
+
+
+def start_pilot(url: str, key: str, directory: Path, name: str, *args: str,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+    """An ``iceprod-pilot`` process called ``name`` (its hostname), with its scratch
+    directory and its log (the returned path) in ``directory``; ``args`` are more options,
+    such as ``--exit-when-idle 6``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log_path = directory / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [ICEPROD_PILOT, "--url", url, "--passkey", key, "--hostname", name,
+             "--scratch", str(directory / f"scratch-{name}"), *args],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=clean_environ(env))
+    return proc, log_path
+
+
+def wait_pilots(pilots: list[tuple[subprocess.Popen[bytes], Path]],
+                timeout: float = 300.0) -> None:
+    """Wait for pilots started with ``--exit-when-idle`` to exit 0; fail with the log of
+    one that does not."""
+    for proc, log_path in pilots:
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"iceprod-pilot did not exit when idle:\n"
+                                 f"{log_path.read_text()[-4000:]}") from None
+        assert code == 0, f"iceprod-pilot exited with {code}:\n{log_path.read_text()[-4000:]}"

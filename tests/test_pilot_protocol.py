@@ -159,6 +159,8 @@ def test_upload_logfile_plain_packed_and_large(h: Harness) -> None:
     a.call("upload_logfile", task=task_id, name="stdlog", data=big)
     expect_error(-32004, h.pilot().call, "upload_logfile", task=task_id, name="stdout",
                  data="not mine")
+    # null is no log (found by tests/fuzz: it was -32603)
+    expect_error(-32602, a.call, "upload_logfile", task=task_id, name="stdout", data=None)
     logs = {log["name"]: log for log in h.task(task_id)["logs"]}
     assert logs["stdout"]["tail"].splitlines() == ["line one", "line two"]
     assert logs["stderr"]["tail"].strip() == "an IceProd 2 pilot's stderr"

@@ -170,6 +170,8 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
         float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
         str: lambda v: isinstance(v, str),
+        # bytes arrive as {"__jsonclass__": ["bytes", ...]}
+        bytes: lambda v: isinstance(v, bytes),
         list: lambda v: isinstance(v, list),
         dict: lambda v: isinstance(v, dict),
     }.get(base)

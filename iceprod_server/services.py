@@ -101,5 +101,6 @@ class Services:
         self.close()
 
     def close(self) -> None:
+        self.db.close()
         self.executors.shutdown()
         self.engine.dispose()

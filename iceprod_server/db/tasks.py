@@ -181,7 +181,8 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
     query = _FITTING if s.get_bind().dialect.name == "sqlite" else _FITTING_LOCKED
     chosen: list[str] = []
     left = offer
-    found = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu,
+    conn = s.connection()
+    found = conn.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu,
                               "b_memory": offer.memory, "b_disk": offer.disk,
                               "b_time": offer.time, "b_os": offer.os,
                               "b_limit": 2 * offer.cpu + 4})
@@ -198,9 +199,9 @@ def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
         return []
     now = time.time()
     token = secrets.token_hex(16)
-    s.execute(_CLAIM, {"b_ids": chosen, "b_now": now, "b_token": token,
-                       "b_claimant": claimant, "b_lease": now + lease_seconds})
-    return [_description(r) for r in s.execute(_CLAIMED, {"b_token": token})]
+    conn.execute(_CLAIM, {"b_ids": chosen, "b_now": now, "b_token": token,
+                          "b_claimant": claimant, "b_lease": now + lease_seconds})
+    return [_description(r) for r in conn.execute(_CLAIMED, {"b_token": token})]
 
 
 _HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.claim,
@@ -211,7 +212,7 @@ _HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.cl
 
 
 def _held(s: Session, task_id: str) -> Any:
-    task = s.execute(_HELD, {"b_task_id": task_id}).first()
+    task = s.connection().execute(_HELD, {"b_task_id": task_id}).first()
     if task is None:
         raise NotFound(f"no task {task_id!r}", {"task_id": task_id})
     return task
@@ -231,12 +232,22 @@ def _extend(s: Session, task_ids: list[str], claimant: str, lease_seconds: float
     """Any call from the claimant about its processing tasks renews their leases."""
     if not task_ids:
         return 0
-    return changed(s,
-        update(Task).where(Task.task_id.in_(task_ids), Task.status == "processing",
-                           Task.claimed_by == claimant)
-        .values(lease_expires=time.time() + lease_seconds)
-        .execution_options(synchronize_session=False)
-    )
+    return _rowcount(s, _EXTEND, {"b_ids": task_ids, "b_claimant": claimant,
+                                  "b_lease": time.time() + lease_seconds})
+
+
+_EXTEND = (
+    update(Task)
+    .where(Task.task_id.in_(bindparam("b_ids", expanding=True)), Task.status == "processing",
+           Task.claimed_by == bindparam("b_claimant"))
+    .values(lease_expires=bindparam("b_lease"))
+)
+
+
+def _rowcount(s: Session, stmt: Any, params: dict[str, Any]) -> int:
+    """Run a prepared Core UPDATE on the unit's connection (no ORM bookkeeping): rows
+    changed."""
+    return int(s.connection().execute(stmt, params).rowcount)
 
 
 def _conflict(task: Any, why: str) -> Conflict:
@@ -293,7 +304,7 @@ def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
     if task.status != "processing" or not _check_holder(task, claimant, attempt):
         raise _conflict(task, "task is not processing under this claim")
     now = time.time()
-    rows = changed(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now,
+    rows = _rowcount(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now,
                                 "b_attempt": task.attempt})
     if rows != 1:
         raise _conflict(task, "task changed while finishing")
@@ -316,10 +327,10 @@ def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: b
     if not isinstance(time_used, int | float) or isinstance(time_used, bool):
         time_used = None
     hostname = stats.get("hostname")
-    s.execute(_ADD_STAT, {"task_id": task.task_id, "dataset_id": task.dataset_id,
-                          "attempt": task.attempt, "created": now, "error": error,
-                          "hostname": str(hostname)[:255] if hostname else "",
-                          "time_used": time_used, "stats": stats})
+    s.connection().execute(_ADD_STAT, {
+        "task_id": task.task_id, "dataset_id": task.dataset_id, "attempt": task.attempt,
+        "created": now, "error": error, "hostname": str(hostname)[:255] if hostname else "",
+        "time_used": time_used, "stats": stats})
 
 
 def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[str]:

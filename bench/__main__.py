@@ -4,6 +4,7 @@ Usage::
 
     python -m bench [--quick] [--only echo,pilot,count,pages,files,gridftp,federation]
                     [--db sqlite,mariadb]
+    python -m bench --profile pilot [--quick] [--db sqlite,mariadb]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import count, echo, federation, files, gridftp, pages, pilot, report
+from bench import count, echo, federation, files, gridftp, pages, pilot, profile, report
 from bench.backends import BACKENDS, mariadb_available
 from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
 
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: "
                              "sqlite,mariadb; MariaDB is skipped with a note when "
                              "127.0.0.1:3306 does not answer)")
+    parser.add_argument("--profile", default=None, metavar="NAME", choices=profile.PROFILES,
+                        help="instead of the benchmarks, run the pilot load against one "
+                             "server per database while py-spy samples it, and write the "
+                             "flame graph (SVG) under bench/results/")
     return parser.parse_args(argv)
 
 
@@ -81,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['load_average'][0]:.2f}, Python {m['python']}, Tornado {m['tornado']}, "
           f"SQLite {m['sqlite']}{' (quick run)' if args.quick else ''}\n")
     try:
+        if args.profile:
+            dbs = _databases(args.db, results)
+            results["profile"] = profile.run(
+                args.profile, dbs, pilot.QUICK if args.quick else pilot.PROFILE)
+            return 0
         dbs = (_databases(args.db, results) if {"pilot", "count", "pages"} & set(args.only)
                else [])
         runners: dict[str, Callable[[], Any]] = {
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         results["seconds"] = round(time.monotonic() - started, 1)
-        if results["benchmarks"]:
+        if results["benchmarks"] or results.get("profile"):
             path = report.write_results(report.clean_nan(results))
             print(f"figures saved to {path}")
     summary = summary_lines(results)

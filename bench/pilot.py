@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 from bench import report
 from bench.backends import Installation, install
 from bench.load import load_dataset, loader_engine
-from bench.procs import BenchError, Cleanup, start_server
+from bench.procs import BenchError, Cleanup, Process, start_server
 from bench.rpcload import Connection, RPCFailure, Timings, close_all, hammer, timed
 from iceprod_server.db.models import Task
 
@@ -57,6 +57,9 @@ class Settings:
         return self.rounds * (self.warmup + SOLO_WARMUP + self.solo_cycles) + self.cycles
 
 
+# the load while py-spy samples the server: one queue length, one long block
+PROFILE = Settings(warmup=100, cycles=6000, rounds=1, queues=(10_000, 10_000),
+                   echo_seconds=0.5, solo_cycles=10)
 QUICK = Settings(pilots=20, warmup=20, cycles=200, rounds=2, queues=(1000, 10_000),
                  echo_seconds=0.5, solo_cycles=20)
 
@@ -187,8 +190,8 @@ class _Scenario:
         }
 
 
-def _setup(cleanup: Cleanup, db: str, queued: int, s: Settings) -> tuple[Installation, str,
-                                                                          float]:
+def _setup(cleanup: Cleanup, db: str, queued: int,
+           s: Settings) -> tuple[Installation, str, float, Process]:
     inst = install(cleanup, db, f"pilot-{db}-{queued}")
     njobs = queued + s.consumed
     engine = loader_engine(inst.db_url)
@@ -197,9 +200,9 @@ def _setup(cleanup: Cleanup, db: str, queued: int, s: Settings) -> tuple[Install
                                        f"{db}, {queued:,} queued")
     finally:
         engine.dispose()
-    _server, base = start_server(cleanup, inst.data_dir,
-                                 {"ICEPROD_QUEUE_DEPTH": str(2 * njobs)})
-    return inst, base, load_seconds
+    server, base = start_server(cleanup, inst.data_dir,
+                                {"ICEPROD_QUEUE_DEPTH": str(2 * njobs)})
+    return inst, base, load_seconds, server
 
 
 async def _measure(scenarios: list[_Scenario], s: Settings) -> None:
@@ -243,7 +246,7 @@ def run_db(db: str, s: Settings) -> dict[str, dict[str, Any]]:
     with Cleanup() as cleanup:
         scenarios = []
         for queued in s.queues:
-            inst, base, load_seconds = _setup(cleanup, db, queued, s)
+            inst, base, load_seconds, _server = _setup(cleanup, db, queued, s)
             scenarios.append(_Scenario(db, queued, inst, base, s, load_seconds))
         asyncio.run(_measure(scenarios, s))
         out = {}

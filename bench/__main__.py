@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if results["benchmarks"] or results.get("profile"):
             path = report.write_results(report.clean_nan(results))
             print(f"figures saved to {path}")
+    goals = goal_lines(results)
+    if goals:
+        print("\n== the pilot hot path: ratios measured in this run, goals beside them")
+        print("\n".join(goals))
     summary = summary_lines(results)
     if summary:
         print("\n== summary (ratios measured in this run)")
@@ -138,6 +142,41 @@ def main(argv: list[str] | None = None) -> int:
 def _with_cleanup(fn: Callable[[Cleanup], Any]) -> Any:
     with Cleanup() as cleanup:
         return fn(cleanup)
+
+
+def _goal(label: str, value: float | None, goal: str) -> str:
+    shown = "-" if value is None else report.fmt_ratio(value)
+    return f"  {label:<62} {shown:>6}   goal {goal}"
+
+
+def goal_lines(results: dict[str, Any]) -> list[str]:
+    """The five ratios of the pilot hot path, and new_task's latency under load."""
+    b = results["benchmarks"]
+    if "pilot" not in b:
+        return []
+    p = b["pilot"]
+    small, large = p["settings"]["queues"]
+    lines = []
+    echo = b.get("echo", {}).get("ratios", {}).get("echo/hello")
+    lines.append(_goal("echo over JSON-RPC / bare Tornado hello (wrk)", echo, ">= 0.85"))
+    for db, goal in (("sqlite", ">= 0.40"), ("mariadb", ">= 0.25")):
+        fig = p["scenarios"].get(db, {}).get(str(small))
+        lines.append(_goal(f"pilot cycle {db}, 1 process: calls/s / echo calls/s",
+                           fig["ratios"]["calls_per_s/echo_calls_per_s"] if fig else None,
+                           goal))
+    two = p.get("two_processes", {}).get("mariadb")
+    lines.append(_goal("MariaDB, 2 processes on one database / 1 process (tasks/s)",
+                       two["ratios"]["tasks_per_s/one_process"] if two else None,
+                       ">= 1.0, never lower"))
+    for db, r in p["ratios"].items():
+        lines.append(_goal(f"{db}: tasks/s with {large:,} queued / with {small:,}",
+                           r["tasks_per_s_large/small"], ">= 0.9"))
+    for db, by_size in p["scenarios"].items():
+        t = by_size[str(small)]["new_task"]
+        lines.append(f"  new_task at {p['settings']['pilots']} pilots, {db}, {small:,} queued: "
+                     f"p50 {report.fmt(t['p50_ms'])} ms, p99 {report.fmt(t['p99_ms'])} ms"
+                     + ("   goal p99 <= 200 ms" if db == "sqlite" else ""))
+    return lines
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:

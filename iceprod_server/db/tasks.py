@@ -2,9 +2,10 @@
 
 Every state change is one conditional UPDATE that names the state it expects (and, for a
 pilot's call, the claim it holds), so concurrent callers and server processes can never both
-win: the loser sees zero rows changed and gets -32004. Claiming takes the best queued rows
-with ``FOR UPDATE SKIP LOCKED`` on MariaDB (SQLite serialises writers with BEGIN IMMEDIATE),
-in index order, so a claim costs the same whatever the queue length.
+win: the loser sees zero rows changed and gets -32004. Claiming (:mod:`iceprod_server.db.
+claims`) takes the best queued rows with ``FOR UPDATE SKIP LOCKED`` on MariaDB (SQLite
+has one writer at a time), in index order, so a claim costs the same whatever the queue
+length.
 
 A task keeps the claimants of its last two attempts and when its claimant last reported
 an attempt, so a late caller is told to stop (``stillrunning`` false) rather than refused,
@@ -15,19 +16,16 @@ doubles with each failure.
 
 from __future__ import annotations
 
-import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
-    DatasetConfig,
     Pilot,
     Task,
     TaskLog,
@@ -88,21 +86,6 @@ def _resources(t: Any) -> dict[str, int | float]:
             "disk": float(t.req_disk), "time": float(t.req_time)}
 
 
-# Statements of the hot path are built once; each call only binds values.
-_FIT_COLUMNS = (Task.task_id, Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk,
-                Task.req_time, Task.req_os, Task.last_claimant)
-_FITTING = (
-    select(*_FIT_COLUMNS)
-    .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
-           Task.req_gpu <= bindparam("b_gpu"), Task.req_memory <= bindparam("b_memory"),
-           Task.req_disk <= bindparam("b_disk"), Task.req_time <= bindparam("b_time"),
-           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os")))
-    .order_by(Task.queue_rank, Task.task_id)
-    .limit(bindparam("b_limit", type_=Integer))
-)
-_FITTING_LOCKED = _FITTING.with_for_update(skip_locked=True)
-
-
 def _claim_values(now: Any, token: Any, claimant: Any, lease: Any) -> Any:
     """The SET list of a claim, in order: MariaDB assigns left to right, each assignment
     seeing the ones before, so the previous claimant is copied before it is replaced."""
@@ -110,98 +93,6 @@ def _claim_values(now: Any, token: Any, claimant: Any, lease: Any) -> Any:
             (Task.status, "processing"), (Task.status_changed, now),
             (Task.attempt, Task.attempt + 1), (Task.claim, token),
             (Task.claimed_by, claimant), (Task.lease_expires, lease))
-
-
-_CLAIM = (
-    update(Task)
-    .where(Task.task_id.in_(bindparam("b_ids", expanding=True)), Task.status == "queued")
-    .ordered_values(*_claim_values(bindparam("b_now"), bindparam("b_token"),
-                                   bindparam("b_claimant"), bindparam("b_lease")))
-)
-_CLAIMED = (
-    select(Task.task_id, Task.name, Task.job_index, Task.attempt,
-           Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
-           Task.req_os, Dataset.dataset_id, Dataset.dataset_num, Dataset.njobs,
-           Dataset.debug, DatasetConfig.updated, DatasetConfig.config)
-    .join(Dataset, Dataset.dataset_id == Task.dataset_id)
-    .join(DatasetConfig, DatasetConfig.dataset_id == Task.dataset_id)
-    .where(Task.claim == bindparam("b_token"))
-    .order_by(Task.queue_rank, Task.task_id)
-)
-# parsed dataset configs by (dataset id, last update); a config is read far more than changed
-_configs: dict[tuple[str, float], Any] = {}
-_configs_lock = threading.Lock()
-
-
-def _parsed_config(dataset_id: str, updated: float, text: str) -> Any:
-    key = (dataset_id, updated)
-    with _configs_lock:
-        found = _configs.get(key)
-    if found is None:
-        found = json.loads(text) if text else {}
-        with _configs_lock:
-            if len(_configs) > 256:
-                _configs.clear()
-            _configs[key] = found
-    return found
-
-
-def _description(r: Any) -> dict[str, Any]:
-    """A claimed task as IceProd 2.3 servers sent it: the dataset config itself, with
-    ``dataset`` set to the dataset number and the task's options merged into ``options``."""
-    config = _parsed_config(r.dataset_id, r.updated, r.config)
-    desc: dict[str, Any] = dict(config) if isinstance(config, dict) else {}
-    options = dict(desc.get("options") or {})
-    options.update({
-        "task_id": r.task_id,
-        "task": r.name,
-        "dataset_id": r.dataset_id,
-        "dataset": r.dataset_num,
-        "job": r.job_index,
-        "jobs_submitted": r.njobs,
-        "debug": bool(r.debug),
-        "resources": _resources(r),
-        "attempt": r.attempt,
-    })
-    desc["options"] = options
-    desc["dataset"] = r.dataset_num
-    return desc
-
-
-def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
-                hostname: str = "") -> list[dict[str, Any]]:
-    """Claim queued tasks that fit in ``offer``, best first, packing several while they fit.
-
-    A task whose last attempt was this claimant's goes to it only when nothing else among
-    the best candidates fits, so a retry usually runs on another pilot. Returns IceProd
-    task descriptions (see :func:`_description`).
-    """
-    if offer.cpu < 1:
-        return []
-    query = _FITTING if s.get_bind().dialect.name == "sqlite" else _FITTING_LOCKED
-    chosen: list[str] = []
-    left = offer
-    conn = s.connection()
-    found = conn.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu,
-                              "b_memory": offer.memory, "b_disk": offer.disk,
-                              "b_time": offer.time, "b_os": offer.os,
-                              "b_limit": 2 * offer.cpu + 4})
-    # stable: best first among tasks new to this claimant, then its own retries
-    rows = sorted(found, key=lambda row: row.last_claimant == claimant)
-    for row in rows:
-        req = _requirements(row)
-        if left.fits(req):
-            chosen.append(row.task_id)
-            left = left.minus(req)
-            if left.cpu < 1:
-                break
-    if not chosen:
-        return []
-    now = time.time()
-    token = secrets.token_hex(16)
-    conn.execute(_CLAIM, {"b_ids": chosen, "b_now": now, "b_token": token,
-                          "b_claimant": claimant, "b_lease": now + lease_seconds})
-    return [_description(r) for r in conn.execute(_CLAIMED, {"b_token": token})]
 
 
 _HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.claim,

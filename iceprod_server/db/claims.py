@@ -13,6 +13,7 @@ goes to nobody, so the exactly-once guarantee is that of a single claim.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import secrets
 import threading
@@ -114,9 +115,12 @@ def _choose(rows: list[Any], claimant: str, offer: Offer, taken: set[str]) -> li
     nothing else among the candidates fits, so a retry usually runs on another pilot."""
     chosen: list[str] = []
     left = offer
-    # stable: best first among tasks new to this claimant, then its own retries
-    for row in sorted((r for r in rows if r.task_id not in taken),
-                      key=lambda row: row.last_claimant == claimant):
+    # best first among tasks new to this claimant, then its own retries (lazily: a
+    # caller usually stops at its first task)
+    for row in itertools.chain((r for r in rows if r.last_claimant != claimant),
+                               (r for r in rows if r.last_claimant == claimant)):
+        if row.task_id in taken:
+            continue
         req = _requirements(row)
         if left.fits(req):
             chosen.append(row.task_id)

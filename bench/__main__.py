@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m bench [--quick] [--only echo,pilot,count,pages,files,gridftp,federation]
+    python -m bench [--quick]
+                    [--only echo,pilot,count,pages,files,gridftp,federation,frontend]
                     [--db sqlite,mariadb]
     python -m bench --profile pilot [--quick] [--db sqlite,mariadb]
 """
@@ -15,11 +16,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import count, echo, federation, files, gridftp, pages, pilot, profile, report
+from bench import (
+    count,
+    echo,
+    federation,
+    files,
+    frontend,
+    gridftp,
+    pages,
+    pilot,
+    profile,
+    report,
+)
 from bench.backends import BACKENDS, mariadb_available
 from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
 
-BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp", "federation")
+BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp", "federation",
+              "frontend")
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -39,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "pilot cycle at two queue lengths, task counts on a million-task dataset, the "
         "pages' render times with a million tasks, the file proxy (1 GB, cold and cached) "
         "vs a direct download, the GridFTP library backend vs globus-url-copy, and work "
-        "through a client site vs at the master directly. "
+        "through a client site vs at the master directly, and the pilot cycle through nginx over "
+        "HTTPS (1 and 2 processes) vs Tornado directly. "
         "Figures are printed as tables with ratios to baselines measured in the same run, "
         "and saved under bench/results/.")
     parser.add_argument("--quick", action="store_true",
@@ -47,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHMARKS), metavar="LIST",
                         type=lambda t: _names(t, BENCHMARKS, "benchmark"),
                         help="benchmarks to run, comma-separated (default: all: "
-                             "echo,pilot,count,pages,files,gridftp,federation)")
+                             "echo,pilot,count,pages,files,gridftp,federation,frontend)")
     parser.add_argument("--db", default=None, metavar="LIST",
                         type=lambda t: _names(t, BACKENDS, "database"),
                         help="databases for the pilot, count and pages benchmarks "
@@ -93,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         dbs = (_databases(args.db, results) if {"pilot", "count", "pages"} & set(args.only)
                else [])
+        if "frontend" in args.only and mariadb_available() is None:
+            raise BenchError("the frontend benchmark needs MariaDB on 127.0.0.1:3306 "
+                             "(user root)")
         runners: dict[str, Callable[[], Any]] = {
             "echo": lambda: _with_cleanup(
                 lambda c: echo.run(c, echo.QUICK if args.quick else echo.Settings())),
@@ -110,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             "federation": lambda: _with_cleanup(
                 lambda c: federation.run(c, federation.QUICK if args.quick
                                          else federation.Settings())),
+            "frontend": lambda: _with_cleanup(
+                lambda c: frontend.run(c, frontend.QUICK if args.quick
+                                       else frontend.SETTINGS)),
         }
         for name in BENCHMARKS:
             if name in args.only:
@@ -217,6 +237,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines += gridftp.summary_lines(b["gridftp"])
     if "federation" in b:
         lines += federation.summary_lines(b["federation"])
+    if "frontend" in b:
+        lines += frontend.summary_lines(b["frontend"])
     return lines
 
 

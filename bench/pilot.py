@@ -23,6 +23,7 @@ exactly as many complete tasks as were finished, and no task claimed twice.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import statistics
 import time
 from dataclasses import dataclass
@@ -134,14 +135,17 @@ class _Scenario:
     """One server with its queue, and the pilots' connections to it."""
 
     def __init__(self, db: str, queued: int, inst: Installation, base: str,
-                 s: Settings, load_seconds: float, processes: int = 1) -> None:
+                 s: Settings, load_seconds: float, processes: int = 1,
+                 context: ssl.SSLContext | None = None, name: str = "") -> None:
         self.db = db
         self.queued = queued
         self.processes = processes
+        self.name = name
         self.inst = inst
         self.s = s
         self.load_seconds = load_seconds
-        self.conns = [Connection(base, inst.pilot_key, f"bench-pilot-{i:03d}")
+        self.conns = [Connection(base, inst.pilot_key, f"bench-pilot-{i:03d}",
+                                 context=context)
                       for i in range(s.pilots)]
         self.timings = Timings()
         self.solo = Timings()
@@ -153,6 +157,8 @@ class _Scenario:
         self.empty = 0
 
     def label(self) -> str:
+        if self.name:
+            return self.name
         more = f", {self.processes} processes" if self.processes > 1 else ""
         return f"{self.db}, {self.queued:,} queued{more}"
 

@@ -21,11 +21,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Double,
+    Integer,
+    String,
+    bindparam,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
+    JsonCol,
     Pilot,
     Task,
     TaskLog,
@@ -188,40 +200,65 @@ def still_running(s: Session, task_id: str, claimant: str, lease_seconds: float,
 
 def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
                 attempt: int | None = None) -> dict[str, Any]:
-    """processing -> complete for the caller's claim; a repeat by the same claim is a no-op."""
+    """processing -> complete for the caller's claim; a repeat by the same claim is a no-op.
+
+    The common case is two statements: the conditional UPDATE names the claimant (and the
+    attempt, when given), and the stat row is copied from the task by INSERT ... SELECT.
+    Only when the UPDATE changes nothing is the task read, to tell a repeat from a refusal.
+    """
+    now = time.time()
+    conn = s.connection()
+    rows = conn.execute(_FINISH, {"b_task_id": task_id, "b_claimant": claimant,
+                                  "b_attempt": attempt, "b_now": now}).rowcount
+    if rows == 1:
+        time_used, hostname = _stat_fields(stats)
+        conn.execute(_FINISH_STAT, {"b_task_id": task_id, "b_now": now,
+                                    "b_hostname": hostname, "b_time_used": time_used,
+                                    "b_stats": stats})
+        return {"task_id": task_id, "status": "complete", "repeated": False}
     task = _held(s, task_id)
     if task.status == "complete" and _check_holder(task, claimant, attempt):
         return {"task_id": task_id, "status": "complete", "repeated": True}
-    if task.status != "processing" or not _check_holder(task, claimant, attempt):
-        raise _conflict(task, "task is not processing under this claim")
-    now = time.time()
-    rows = _rowcount(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now,
-                                "b_attempt": task.attempt})
-    if rows != 1:
-        raise _conflict(task, "task changed while finishing")
-    _add_stat(s, task, now, stats, error=False)
-    return {"task_id": task_id, "status": "complete", "repeated": False}
+    raise _conflict(task, "task is not processing under this claim")
 
 
+_ATTEMPT = bindparam("b_attempt", type_=Integer)
 _FINISH = (
     update(Task)
     .where(Task.task_id == bindparam("b_task_id"), Task.status == "processing",
-           Task.claim == bindparam("b_claim"))
+           Task.claimed_by == bindparam("b_claimant"),
+           or_(_ATTEMPT.is_(None), Task.attempt == _ATTEMPT))
     .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None,
-            reported_attempt=bindparam("b_attempt"), reported_at=bindparam("b_now"))
+            reported_attempt=Task.attempt, reported_at=bindparam("b_now"))
 )
-_ADD_STAT = insert(TaskStat)
+_FINISH_STAT = insert(TaskStat).from_select(
+    ["task_id", "dataset_id", "attempt", "created", "error", "hostname", "time_used",
+     "stats"],
+    select(Task.task_id, Task.dataset_id, Task.attempt,
+           bindparam("b_now", type_=Double), literal(False, Boolean),
+           bindparam("b_hostname", type_=String), bindparam("b_time_used", type_=Double),
+           bindparam("b_stats", type_=JsonCol))
+    .where(Task.task_id == bindparam("b_task_id")))
 
 
-def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: bool) -> None:
+def _stat_fields(stats: dict[str, Any]) -> tuple[float | None, str]:
+    """time_used (a number, else None) and hostname (at most 255 characters) of stats."""
     time_used = stats.get("time_used")
     if not isinstance(time_used, int | float) or isinstance(time_used, bool):
         time_used = None
     hostname = stats.get("hostname")
+    return time_used, str(hostname)[:255] if hostname else ""
+
+
+_ADD_STAT = insert(TaskStat)
+
+
+def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: bool) -> None:
+    time_used, hostname = _stat_fields(stats)
     s.connection().execute(_ADD_STAT, {
         "task_id": task.task_id, "dataset_id": task.dataset_id, "attempt": task.attempt,
-        "created": now, "error": error, "hostname": str(hostname)[:255] if hostname else "",
-        "time_used": time_used, "stats": stats})
+        "created": now, "error": error, "hostname": hostname, "time_used": time_used,
+        "stats": stats})
 
 
 def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import Dataset, DatasetConfig, Task
 from iceprod_server.db.tasks import Offer, _claim_values, _requirements, _resources
+from iceprod_server.errors import Unavailable
 
 
 @dataclass(frozen=True)
@@ -201,15 +202,27 @@ class ClaimBatcher:
             while self._waiting:
                 group = self._waiting[:self.max_group]
                 del self._waiting[:self.max_group]
-                try:
-                    answers = await self.write(claim_batch, [r for r, _ in group])
-                except Exception as e:  # noqa: BLE001 - every caller of the group gets it
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(e)
-                    continue
-                for (_, future), answer in zip(group, answers, strict=True):
-                    if not future.done():
-                        future.set_result(answer)
+                await self._run(group)
         finally:
             self._running = False
+
+    async def _run(self, group: list[tuple[ClaimRequest,
+                                           asyncio.Future[list[dict[str, Any]]]]]) -> None:
+        try:
+            answers = await self.write(claim_batch, [r for r, _ in group])
+        except Unavailable as e:  # the database: every caller of the group is told
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        except Exception as e:  # noqa: BLE001 - one caller's claim may be at fault
+            if len(group) > 1:
+                # each alone, so that one caller's failure is not the others'
+                await asyncio.gather(*(self._run([member]) for member in group))
+                return
+            if not group[0][1].done():
+                group[0][1].set_exception(e)
+            return
+        for (_, future), answer in zip(group, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)

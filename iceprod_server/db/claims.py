@@ -170,12 +170,6 @@ def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[list[dict[str,
     return answers
 
 
-def claim_tasks(s: Session, claimant: str, offer: Offer,
-                lease_seconds: float) -> list[dict[str, Any]]:
-    """Claim queued tasks that fit in ``offer`` for one caller (see :func:`claim_batch`)."""
-    return claim_batch(s, [ClaimRequest(claimant, offer, lease_seconds)])[0]
-
-
 class ClaimBatcher:
     """Gathers the ``new_task`` calls of one process: a call arriving while no group is
     in the database goes at once; calls arriving meanwhile go together in the next group.

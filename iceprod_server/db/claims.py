@@ -181,6 +181,7 @@ class ClaimBatcher:
         self.max_group = max_group
         self._waiting: list[tuple[ClaimRequest, asyncio.Future[list[dict[str, Any]]]]] = []
         self._running = False
+        self._task: asyncio.Future[None] | None = None  # held: the loop keeps weak refs
 
     async def claim(self, request: ClaimRequest) -> list[dict[str, Any]]:
         future: asyncio.Future[list[dict[str, Any]]] = (
@@ -188,7 +189,7 @@ class ClaimBatcher:
         self._waiting.append((request, future))
         if not self._running:
             self._running = True
-            asyncio.ensure_future(self._drain())
+            self._task = asyncio.ensure_future(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the IceProd server: echo vs a bare Tornado handler, the "
         "pilot cycle at two queue lengths, task counts on a million-task dataset, the "
         "pages' render times with a million tasks, the file proxy (1 GB, cold and cached) "
-        "vs a direct download, the GridFTP library backend vs globus-url-copy, and work "
+        "vs a direct download, the GridFTP library backend vs globus-url-copy, work "
         "through a client site vs at the master directly, and the pilot cycle through nginx over "
         "HTTPS (1 and 2 processes) vs Tornado directly. "
         "Figures are printed as tables with ratios to baselines measured in the same run, "
@@ -108,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         dbs = (_databases(args.db, results) if {"pilot", "count", "pages"} & set(args.only)
                else [])
         if "frontend" in args.only and mariadb_available() is None:
-            raise BenchError("the frontend benchmark needs MariaDB on 127.0.0.1:3306 "
-                             "(user root)")
+            if args.only != list(BENCHMARKS):
+                raise BenchError("the frontend benchmark needs MariaDB on 127.0.0.1:3306 "
+                                 "(user root)")
+            print("note: MariaDB does not answer on 127.0.0.1:3306: skipping the frontend "
+                  "benchmark\n")
+            args.only = [n for n in args.only if n != "frontend"]
         runners: dict[str, Callable[[], Any]] = {
             "echo": lambda: _with_cleanup(
                 lambda c: echo.run(c, echo.QUICK if args.quick else echo.Settings())),

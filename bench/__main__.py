@@ -2,8 +2,10 @@
 
 Usage::
 
-    python -m bench [--quick] [--only echo,pilot,count,pages,files,gridftp,federation]
+    python -m bench [--quick]
+                    [--only echo,pilot,count,pages,files,gridftp,federation,frontend]
                     [--db sqlite,mariadb]
+    python -m bench --profile pilot [--quick] [--db sqlite,mariadb]
 """
 
 from __future__ import annotations
@@ -14,11 +16,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import count, echo, federation, files, gridftp, pages, pilot, report
+from bench import (
+    count,
+    echo,
+    federation,
+    files,
+    frontend,
+    gridftp,
+    pages,
+    pilot,
+    profile,
+    report,
+)
 from bench.backends import BACKENDS, mariadb_available
 from bench.procs import BenchError, Cleanup, interrupt_on_sigterm
 
-BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp", "federation")
+BENCHMARKS = ("echo", "pilot", "count", "pages", "files", "gridftp", "federation",
+              "frontend")
 
 
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -37,8 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the IceProd server: echo vs a bare Tornado handler, the "
         "pilot cycle at two queue lengths, task counts on a million-task dataset, the "
         "pages' render times with a million tasks, the file proxy (1 GB, cold and cached) "
-        "vs a direct download, the GridFTP library backend vs globus-url-copy, and work "
-        "through a client site vs at the master directly. "
+        "vs a direct download, the GridFTP library backend vs globus-url-copy, work "
+        "through a client site vs at the master directly, and the pilot cycle through nginx over "
+        "HTTPS (1 and 2 processes) vs Tornado directly. "
         "Figures are printed as tables with ratios to baselines measured in the same run, "
         "and saved under bench/results/.")
     parser.add_argument("--quick", action="store_true",
@@ -46,13 +61,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BENCHMARKS), metavar="LIST",
                         type=lambda t: _names(t, BENCHMARKS, "benchmark"),
                         help="benchmarks to run, comma-separated (default: all: "
-                             "echo,pilot,count,pages,files,gridftp,federation)")
+                             "echo,pilot,count,pages,files,gridftp,federation,frontend)")
     parser.add_argument("--db", default=None, metavar="LIST",
                         type=lambda t: _names(t, BACKENDS, "database"),
                         help="databases for the pilot, count and pages benchmarks "
                              "(default: "
                              "sqlite,mariadb; MariaDB is skipped with a note when "
                              "127.0.0.1:3306 does not answer)")
+    parser.add_argument("--profile", default=None, metavar="NAME", choices=profile.PROFILES,
+                        help="instead of the benchmarks, run the pilot load against one "
+                             "server per database while py-spy samples it, and write the "
+                             "flame graph (SVG) under bench/results/")
     return parser.parse_args(argv)
 
 
@@ -81,8 +100,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['load_average'][0]:.2f}, Python {m['python']}, Tornado {m['tornado']}, "
           f"SQLite {m['sqlite']}{' (quick run)' if args.quick else ''}\n")
     try:
+        if args.profile:
+            dbs = _databases(args.db, results)
+            results["profile"] = profile.run(
+                args.profile, dbs, pilot.QUICK if args.quick else pilot.PROFILE)
+            return 0
         dbs = (_databases(args.db, results) if {"pilot", "count", "pages"} & set(args.only)
                else [])
+        if "frontend" in args.only and mariadb_available() is None:
+            if args.only != list(BENCHMARKS):
+                raise BenchError("the frontend benchmark needs MariaDB on 127.0.0.1:3306 "
+                                 "(user root)")
+            print("note: MariaDB does not answer on 127.0.0.1:3306: skipping the frontend "
+                  "benchmark\n")
+            args.only = [n for n in args.only if n != "frontend"]
         runners: dict[str, Callable[[], Any]] = {
             "echo": lambda: _with_cleanup(
                 lambda c: echo.run(c, echo.QUICK if args.quick else echo.Settings())),
@@ -100,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             "federation": lambda: _with_cleanup(
                 lambda c: federation.run(c, federation.QUICK if args.quick
                                          else federation.Settings())),
+            "frontend": lambda: _with_cleanup(
+                lambda c: frontend.run(c, frontend.QUICK if args.quick
+                                       else frontend.SETTINGS)),
         }
         for name in BENCHMARKS:
             if name in args.only:
@@ -114,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         results["seconds"] = round(time.monotonic() - started, 1)
-        if results["benchmarks"]:
+        if results["benchmarks"] or results.get("profile"):
             path = report.write_results(report.clean_nan(results))
             print(f"figures saved to {path}")
+    goals = goal_lines(results)
+    if goals:
+        print("\n== the pilot hot path: ratios measured in this run, goals beside them")
+        print("\n".join(goals))
     summary = summary_lines(results)
     if summary:
         print("\n== summary (ratios measured in this run)")
@@ -128,6 +166,41 @@ def main(argv: list[str] | None = None) -> int:
 def _with_cleanup(fn: Callable[[Cleanup], Any]) -> Any:
     with Cleanup() as cleanup:
         return fn(cleanup)
+
+
+def _goal(label: str, value: float | None, goal: str) -> str:
+    shown = "-" if value is None else report.fmt_ratio(value)
+    return f"  {label:<62} {shown:>6}   goal {goal}"
+
+
+def goal_lines(results: dict[str, Any]) -> list[str]:
+    """The five ratios of the pilot hot path, and new_task's latency under load."""
+    b = results["benchmarks"]
+    if "pilot" not in b:
+        return []
+    p = b["pilot"]
+    small, large = p["settings"]["queues"]
+    lines = []
+    echo = b.get("echo", {}).get("ratios", {}).get("echo/hello")
+    lines.append(_goal("echo over JSON-RPC / bare Tornado hello (wrk)", echo, ">= 0.85"))
+    for db, goal in (("sqlite", ">= 0.40"), ("mariadb", ">= 0.25")):
+        fig = p["scenarios"].get(db, {}).get(str(small))
+        lines.append(_goal(f"pilot cycle {db}, 1 process: calls/s / echo calls/s",
+                           fig["ratios"]["calls_per_s/echo_calls_per_s"] if fig else None,
+                           goal))
+    two = p.get("two_processes", {}).get("mariadb")
+    lines.append(_goal("MariaDB, 2 processes on one database / 1 process (tasks/s)",
+                       two["ratios"]["tasks_per_s/one_process"] if two else None,
+                       ">= 1.0, never lower"))
+    for db, r in p["ratios"].items():
+        lines.append(_goal(f"{db}: tasks/s with {large:,} queued / with {small:,}",
+                           r["tasks_per_s_large/small"], ">= 0.9"))
+    for db, by_size in p["scenarios"].items():
+        t = by_size[str(small)]["new_task"]
+        lines.append(f"  new_task at {p['settings']['pilots']} pilots, {db}, {small:,} queued: "
+                     f"p50 {report.fmt(t['p50_ms'])} ms, p99 {report.fmt(t['p99_ms'])} ms"
+                     + ("   goal p99 <= 200 ms" if db == "sqlite" else ""))
+    return lines
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
@@ -168,6 +241,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         lines += gridftp.summary_lines(b["gridftp"])
     if "federation" in b:
         lines += federation.summary_lines(b["federation"])
+    if "frontend" in b:
+        lines += frontend.summary_lines(b["frontend"])
     return lines
 
 

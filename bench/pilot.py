@@ -1,7 +1,9 @@
 """Benchmark 2: the pilot cycle (``new_task`` then ``finish_task``) with 100 concurrent pilots.
 
 For each database, two servers are set up, one with 1,000 and one with 100,000 tasks queued
-(bulk-loaded). 100 pilots, asyncio coroutines with one keep-alive connection each and one
+(bulk-loaded); on MariaDB a third, ``serve --processes 2`` with 1,000 queued on a database
+of its own, compared with the one-process server of that queue length. 100 pilots, asyncio
+coroutines with one keep-alive connection each and one
 shared pilot passkey (told apart by ``X-IceProd-Pilot``, as pilots sharing a key are), each
 claim one task at a time and finish it at once. The two servers are measured in alternating
 blocks (a few rounds of warm-up cycles then measured cycles), so that changes in the
@@ -21,6 +23,7 @@ exactly as many complete tasks as were finished, and no task claimed twice.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import statistics
 import time
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from sqlalchemy import func, select
 from bench import report
 from bench.backends import Installation, install
 from bench.load import load_dataset, loader_engine
-from bench.procs import BenchError, Cleanup, start_server
+from bench.procs import BenchError, Cleanup, Process, start_server
 from bench.rpcload import Connection, RPCFailure, Timings, close_all, hammer, timed
 from iceprod_server.db.models import Task
 
@@ -57,6 +60,9 @@ class Settings:
         return self.rounds * (self.warmup + SOLO_WARMUP + self.solo_cycles) + self.cycles
 
 
+# the load while py-spy samples the server: one queue length, one long block
+PROFILE = Settings(warmup=100, cycles=6000, rounds=1, queues=(10_000, 10_000),
+                   echo_seconds=0.5, solo_cycles=10)
 QUICK = Settings(pilots=20, warmup=20, cycles=200, rounds=2, queues=(1000, 10_000),
                  echo_seconds=0.5, solo_cycles=20)
 
@@ -129,13 +135,17 @@ class _Scenario:
     """One server with its queue, and the pilots' connections to it."""
 
     def __init__(self, db: str, queued: int, inst: Installation, base: str,
-                 s: Settings, load_seconds: float) -> None:
+                 s: Settings, load_seconds: float, processes: int = 1,
+                 context: ssl.SSLContext | None = None, name: str = "") -> None:
         self.db = db
         self.queued = queued
+        self.processes = processes
+        self.name = name
         self.inst = inst
         self.s = s
         self.load_seconds = load_seconds
-        self.conns = [Connection(base, inst.pilot_key, f"bench-pilot-{i:03d}")
+        self.conns = [Connection(base, inst.pilot_key, f"bench-pilot-{i:03d}",
+                                 context=context)
                       for i in range(s.pilots)]
         self.timings = Timings()
         self.solo = Timings()
@@ -145,6 +155,12 @@ class _Scenario:
         self.seconds = 0.0
         self.finished = 0
         self.empty = 0
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        more = f", {self.processes} processes" if self.processes > 1 else ""
+        return f"{self.db}, {self.queued:,} queued{more}"
 
     async def block(self, cycles: int) -> None:
         """An echo baseline, then warm-up cycles, then ``cycles`` measured ones, then one
@@ -187,9 +203,9 @@ class _Scenario:
         }
 
 
-def _setup(cleanup: Cleanup, db: str, queued: int, s: Settings) -> tuple[Installation, str,
-                                                                          float]:
-    inst = install(cleanup, db, f"pilot-{db}-{queued}")
+def _setup(cleanup: Cleanup, db: str, queued: int, s: Settings,
+           processes: int = 1) -> tuple[Installation, str, float, Process]:
+    inst = install(cleanup, db, f"pilot-{db}-{queued}-{processes}")
     njobs = queued + s.consumed
     engine = loader_engine(inst.db_url)
     try:
@@ -197,9 +213,10 @@ def _setup(cleanup: Cleanup, db: str, queued: int, s: Settings) -> tuple[Install
                                        f"{db}, {queued:,} queued")
     finally:
         engine.dispose()
-    _server, base = start_server(cleanup, inst.data_dir,
-                                 {"ICEPROD_QUEUE_DEPTH": str(2 * njobs)})
-    return inst, base, load_seconds
+    server, base = start_server(cleanup, inst.data_dir,
+                                {"ICEPROD_QUEUE_DEPTH": str(2 * njobs)},
+                                extra_args=("--processes", str(processes)))
+    return inst, base, load_seconds, server
 
 
 async def _measure(scenarios: list[_Scenario], s: Settings) -> None:
@@ -211,7 +228,7 @@ async def _measure(scenarios: list[_Scenario], s: Settings) -> None:
         for r, cycles in enumerate(per_block):
             order = scenarios if r % 2 == 0 else scenarios[::-1]
             for sc in order:
-                print(f"    round {r + 1}/{s.rounds}: {sc.db}, {sc.queued:,} queued: "
+                print(f"    round {r + 1}/{s.rounds}: {sc.label()}: "
                       f"{s.pilots} pilots, {s.warmup} warm-up + {cycles} measured cycles",
                       flush=True)
                 await sc.block(cycles)
@@ -238,20 +255,29 @@ def _check_database(inst: Installation, expected_complete: int) -> dict[str, Any
     return check
 
 
-def run_db(db: str, s: Settings) -> dict[str, dict[str, Any]]:
-    """Both queue lengths on one database: two servers, measured in alternating blocks."""
+def run_db(db: str, s: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Both queue lengths on one database: two servers, measured in alternating blocks;
+    on MariaDB a third, ``serve --processes 2`` on a database of its own with the short
+    queue. Returns the figures by queue length, and those of the two-process server."""
     with Cleanup() as cleanup:
         scenarios = []
         for queued in s.queues:
-            inst, base, load_seconds = _setup(cleanup, db, queued, s)
+            inst, base, load_seconds, _server = _setup(cleanup, db, queued, s)
             scenarios.append(_Scenario(db, queued, inst, base, s, load_seconds))
+        if db == "mariadb":
+            inst, base, load_seconds, _server = _setup(cleanup, db, s.queues[0], s, 2)
+            scenarios.append(_Scenario(db, s.queues[0], inst, base, s, load_seconds, 2))
         asyncio.run(_measure(scenarios, s))
         out = {}
+        two = None
         for sc in scenarios:
             fig = sc.figures()
             fig["check"] = _check_database(sc.inst, sc.finished)
-            out[str(sc.queued)] = fig
-        return out
+            if sc.processes == 1:
+                out[str(sc.queued)] = fig
+            else:
+                two = fig
+        return out, two
 
 
 def run_all(dbs: list[str], s: Settings, echo_result: dict[str, Any] | None) -> dict[str, Any]:
@@ -259,9 +285,10 @@ def run_all(dbs: list[str], s: Settings, echo_result: dict[str, Any] | None) -> 
     wrk_echo = echo_result["targets"]["echo"]["rps"] if echo_result else None
     scenarios: dict[str, dict[str, Any]] = {}
     ratios: dict[str, dict[str, float]] = {}
+    two_processes: dict[str, dict[str, Any]] = {}
     for db in dbs:
-        scenarios[db] = run_db(db, s)
-        for fig in scenarios[db].values():
+        scenarios[db], two = run_db(db, s)
+        for fig in [*scenarios[db].values(), *([two] if two else [])]:
             fig["ratios"] = {
                 "calls_per_s/echo_calls_per_s": report.ratio(fig["calls_per_s"],
                                                              fig["echo"]["calls_per_s"]),
@@ -270,6 +297,10 @@ def run_all(dbs: list[str], s: Settings, echo_result: dict[str, Any] | None) -> 
                 "tasks_per_s/wrk_echo_rps": report.ratio(fig["tasks_per_s"], wrk_echo),
             }
         a, b = scenarios[db][str(small)], scenarios[db][str(large)]
+        if two is not None:
+            two["ratios"]["tasks_per_s/one_process"] = report.ratio(two["tasks_per_s"],
+                                                                    a["tasks_per_s"])
+            two_processes[db] = two
         ratios[db] = {
             "tasks_per_s_large/small": report.ratio(b["tasks_per_s"], a["tasks_per_s"]),
             "new_task_p50_large/small": report.ratio(b["new_task"]["p50_ms"],
@@ -282,7 +313,8 @@ def run_all(dbs: list[str], s: Settings, echo_result: dict[str, Any] | None) -> 
     result = {"settings": {"pilots": s.pilots, "warmup": s.warmup, "cycles": s.cycles,
                            "rounds": s.rounds, "queues": list(s.queues),
                            "echo_seconds": s.echo_seconds, "solo_cycles": s.solo_cycles},
-              "wrk_echo_rps": wrk_echo, "scenarios": scenarios, "ratios": ratios}
+              "wrk_echo_rps": wrk_echo, "scenarios": scenarios, "ratios": ratios,
+              "two_processes": two_processes}
     print_result(result)
     return result
 
@@ -290,16 +322,20 @@ def run_all(dbs: list[str], s: Settings, echo_result: dict[str, Any] | None) -> 
 def print_result(result: dict[str, Any]) -> None:
     st = result["settings"]
     rows = []
-    for db, by_size in result["scenarios"].items():
-        for queued, f in by_size.items():
-            rows.append([
-                f"{db}, {int(queued):,} queued", f["tasks_per_s"],
-                f["new_task"]["p50_ms"], f["new_task"]["p99_ms"],
-                f["finish_task"]["p50_ms"], f["finish_task"]["p99_ms"],
-                f["echo"]["calls_per_s"], f["echo"]["p50_ms"],
-                report.fmt_ratio(f["ratios"]["calls_per_s/echo_calls_per_s"]),
-                report.fmt_ratio(f["ratios"]["tasks_per_s/wrk_echo_rps"]),
-                sum(f["errors"].values())])
+    small = result["settings"]["queues"][0]
+    named = [(f"{db}, {int(queued):,} queued", f)
+             for db, by_size in result["scenarios"].items() for queued, f in by_size.items()]
+    named += [(f"{db}, {small:,} queued, 2 processes", f)
+              for db, f in result.get("two_processes", {}).items()]
+    for name, f in named:
+        rows.append([
+            name, f["tasks_per_s"],
+            f["new_task"]["p50_ms"], f["new_task"]["p99_ms"],
+            f["finish_task"]["p50_ms"], f["finish_task"]["p99_ms"],
+            f["echo"]["calls_per_s"], f["echo"]["p50_ms"],
+            report.fmt_ratio(f["ratios"]["calls_per_s/echo_calls_per_s"]),
+            report.fmt_ratio(f["ratios"]["tasks_per_s/wrk_echo_rps"]),
+            sum(f["errors"].values())])
     print()
     print(report.table(
         f"pilot cycle (new_task + finish_task): {st['pilots']} pilots, {st['cycles']:,} "

@@ -151,14 +151,15 @@ class Process:
 
 
 def start_server(cleanup: Cleanup, data_dir: Path, env_overrides: dict[str, str],
-                 name: str = "iceprod-server") -> tuple[Process, str]:
+                 name: str = "iceprod-server",
+                 extra_args: Sequence[str] = ()) -> tuple[Process, str]:
     """``iceprod-server serve`` on a free loopback port; returns it and its base URL."""
     port = free_port()
     env = dict(os.environ)
     # no access log: the bare Tornado baseline writes none either
     env.update({"ICEPROD_LOG_LEVEL": "WARNING", **env_overrides})
     argv = [*server_command(), "serve", "--data-dir", str(data_dir), "--host", HOST,
-            "--port", str(port)]
+            "--port", str(port), *extra_args]
     proc = Process(name, argv, data_dir / "server.log", env)
     cleanup.push(f"{name} (pid {proc.pid})", proc.stop)
     base = f"http://{HOST}:{port}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,13 +31,18 @@ class RPCFailure(Exception):
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection to ``POST /jsonrpc``."""
+    """One keep-alive HTTP/1.1 connection to ``POST /jsonrpc`` (``https://`` URLs over
+    TLS)."""
 
     def __init__(self, base_url: str, passkey: str | None = None,
-                 pilot_ref: str | None = None, path: str = "/jsonrpc") -> None:
+                 pilot_ref: str | None = None, path: str = "/jsonrpc",
+                 context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url)
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        https = parts.scheme == "https"
+        self.port = parts.port or (443 if https else 80)
+        # https: TLS with ``context`` (which names the authorities to trust)
+        self.context = (context or ssl.create_default_context()) if https else None
         lines = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
                  "Content-Type: application/json"]
         if passkey:
@@ -50,7 +56,8 @@ class Connection:
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, ssl=self.context)
         return self._reader, self._writer
 
     async def post(self, body: bytes) -> bytes:

@@ -41,10 +41,12 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     else:
         level = logging.ERROR
     seconds = handler.request.request_time()
-    name = type(handler).__name__
+    name = getattr(handler, "metrics_name", None) or type(handler).__name__
     prometheus.HTTP_REQUESTS.labels(handler=name, method=handler.request.method or "",
                                     status=str(status)).inc()
     prometheus.HTTP_SECONDS.labels(handler=name).observe(seconds)
+    if not access_log.isEnabledFor(level):
+        return  # nothing more to pay for a line nobody writes
     caller = getattr(handler, "caller", None)
     role = getattr(caller, "role", None) or "-"
     rpc_methods = ",".join(getattr(handler, "rpc_methods", ()))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import random
 import re
-import secrets
 import sys
 import time
 from typing import Any
@@ -30,7 +30,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def new_request_id(given: str | None) -> str:
     if given and _VALID_ID.match(given):
         return given
-    return secrets.token_hex(8)
+    # an id for the logs, not a secret: the cheap generator (reseeded in forked workers)
+    return f"{random.getrandbits(64):016x}"  # noqa: S311
 
 
 class RequestIdFilter(logging.Filter):

@@ -8,6 +8,7 @@ from typing import Any
 
 from iceprod_server.auth import Authenticator
 from iceprod_server.config import Config, ConfigError
+from iceprod_server.db.claims import ClaimBatcher
 from iceprod_server.db.engine import make_engine
 from iceprod_server.executors import Executors
 from iceprod_server.executors.database import Database
@@ -55,6 +56,7 @@ class Services:
         self.executors = Executors(config)
         self.db = Database(self.engine, self.executors.db, config.db_timeout)
         self.auth = Authenticator(self.db, config.auth_cache_seconds)
+        self.claims = ClaimBatcher(self.db.write)
         self.requests = InFlight()
         self.live = LiveHub()
         self._wake: Callable[[], None] | None = None
@@ -116,5 +118,6 @@ class Services:
         self.close()
 
     def close(self) -> None:
+        self.db.close()
         self.executors.shutdown()
         self.engine.dispose()

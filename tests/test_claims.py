@@ -1,7 +1,8 @@
 """Claims under contention: 50 pilots, 1,000 tasks, every task completed exactly once.
 
-On MariaDB two server processes share one database and the pilots are spread over both;
-on SQLite one process serves them all. Each pilot is a thread with its own client and
+Two server processes share one database (MariaDB, and SQLite too) and the pilots are
+spread over both; on SQLite one process alone is measured as well. The trigger-kept
+counters must then equal a fresh count of the rows. Each pilot is a thread with its own client and
 ``pilot_ref`` (they share one pilot passkey, as pilots of one site do), looping
 ``new_task`` / ``finish_task`` until the dataset is complete. Every claim and every finish
 is recorded, so a task handed to two pilots, finished twice or never, is caught.
@@ -74,8 +75,8 @@ def pilot_loop(server: ServerProcess, key: str, name: str, record: Record,
         client.close()
 
 
-@pytest.mark.parametrize("backend, processes", [("mariadb", 2), ("sqlite", 1)],
-                         ids=["mariadb-2-processes", "sqlite-1-process"])
+@pytest.mark.parametrize("backend, processes", [("mariadb", 2), ("sqlite", 1), ("sqlite", 2)],
+                         ids=["mariadb-2-processes", "sqlite-1-process", "sqlite-2-processes"])
 def test_every_task_completed_exactly_once(server: Any, tmp_path: Path, backend: str,
                                            processes: int) -> None:
     with databases.throwaway_database(backend, tmp_path / "db") as url:
@@ -131,6 +132,14 @@ def test_every_task_completed_exactly_once(server: Any, tmp_path: Path, backend:
                  "GROUP BY task_id", d=dataset_id))
         assert set(stat_rows) == all_tasks
         assert set(stat_rows.values()) == {1}, "a task has more than one task_stat row"
+        # the counters the pages show, kept by the triggers while every claim and finish
+        # ran at once, equal a fresh count of the rows
+        kept = databases.query(url, "SELECT status, SUM(n) FROM task_counts WHERE "
+                               "dataset_id = :d GROUP BY status", d=dataset_id)
+        assert {k: int(v) for k, v in kept if int(v)} == {"complete": TASKS}
+        hours = databases.query(url, "SELECT SUM(complete), SUM(failed) FROM "
+                                "task_stat_hours WHERE dataset_id = :d", d=dataset_id)
+        assert [(int(c), int(f)) for c, f in hours] == [(TASKS, 0)]
         # the work really was spread over the pilots (and over both processes)
         pilots_used = {pilot for _, _, pilot in record.claims}
         assert len(pilots_used) >= PILOTS // 2, f"only {len(pilots_used)} pilots got work"

@@ -6,12 +6,13 @@ each test's datasets are suspended when it ends (see tests/support/harness.py).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from iceprod_server.client import IceProdClient, RPCError
-from tests.support import databases
+from tests.support import databases, jsonrpc
 from tests.support.datasets import (
     claim_one,
     config,
@@ -215,3 +216,25 @@ def test_maintained_counts_match_the_tasks_after_mixed_work(h: Harness) -> None:
     shown = counts(h.public, dataset_id)
     assert sum(shown.values()) == 40
     assert shown.get("complete", 0) == truth.get("complete", 0)
+
+
+def test_claims_arriving_together_go_best_first_to_the_earliest_caller(h: Harness) -> None:
+    """new_task calls that arrive at once (here one JSON-RPC batch, whose calls the server
+    runs together) each get their own tasks, the best to the earliest call."""
+    low = h.submit(njobs=6, priority=0.0)
+    high = h.submit(njobs=3, priority=10.0)
+    wait_counts(h.public, low, {"queued": 6})
+    wait_counts(h.public, high, {"queued": 3})
+    batch = [{"jsonrpc": "2.0", "method": "new_task", "params": offer(), "id": i}
+             for i in range(9)]
+    answer = jsonrpc.post(h.srv.rpc_url, json.dumps(batch), headers={
+        "Authorization": f"Bearer {h.base.pilot_key}", "X-IceProd-Pilot": "batch-pilot"})
+    assert answer.status == 200
+    results = {r["id"]: r["result"] for r in answer.json()}
+    assert [len(results[i]) for i in range(9)] == [1] * 9
+    order = [results[i][0]["options"]["dataset_id"] for i in range(9)]
+    assert order == [high] * 3 + [low] * 6, order
+    task_ids = {results[i][0]["options"]["task_id"] for i in range(9)}
+    assert len(task_ids) == 9
+    assert counts(h.public, high) == {"processing": 3}
+    assert counts(h.public, low) == {"processing": 6}

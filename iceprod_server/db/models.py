@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -324,24 +325,31 @@ class AuditLog(Base):
 class TaskCount(Base):
     """How many tasks of each definition are in each state. Kept exact by database triggers
     on ``tasks`` (:mod:`iceprod_server.db.triggers`), so counts cost the same with a million
-    tasks as with ten."""
+    tasks as with ten. Each count is spread over shards so that concurrent transactions
+    change different rows: the count is ``SUM(n)`` over the shards (one shard may be
+    negative)."""
 
     __tablename__ = "task_counts"
     dataset_id: Mapped[str] = mapped_column(
         ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True)
     task_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False,
+                                       default=0)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TaskStatHour(Base):
     """Finished and failed attempts per dataset and hour (epoch seconds // 3600), kept by a
-    trigger on ``task_stats``: the throughput charts read these, never the stats rows."""
+    trigger on ``task_stats``: the throughput charts read these, never the stats rows.
+    Sharded like :class:`TaskCount`: sum over the shards."""
 
     __tablename__ = "task_stat_hours"
     dataset_id: Mapped[str] = mapped_column(
         ID, ForeignKey("datasets.dataset_id", ondelete="CASCADE"), primary_key=True)
     hour: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False,
+                                       default=0)
     complete: Mapped[int] = mapped_column(BigInteger, default=0)
     failed: Mapped[int] = mapped_column(BigInteger, default=0)
     __table_args__ = (Index("ix_task_stat_hours_hour", "hour"),)

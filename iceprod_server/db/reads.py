@@ -110,9 +110,11 @@ def task_counts_by_name(s: Session, dataset_id: str) -> dict[str, dict[str, int]
         select(TaskDef.task_index, TaskDef.name).where(TaskDef.dataset_id == dataset_id))}
     out: dict[str, dict[str, int]] = {name: {} for name in names.values()}
     for index, status, n in s.execute(
-            select(TaskCount.task_index, TaskCount.status, TaskCount.n)
-            .where(TaskCount.dataset_id == dataset_id, TaskCount.n > 0)):
-        out.setdefault(names.get(index, str(index)), {})[status] = int(n)
+            select(TaskCount.task_index, TaskCount.status, func.sum(TaskCount.n))
+            .where(TaskCount.dataset_id == dataset_id)
+            .group_by(TaskCount.task_index, TaskCount.status)):
+        if n:
+            out.setdefault(names.get(index, str(index)), {})[status] = int(n)
     pending = _unmaterialized_jobs(dataset)
     if pending:
         for name in names.values():
@@ -313,8 +315,9 @@ def task_stats(s: Session, dataset_id: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {
         name: {"count": 0, "failed": 0, "mean": None, "min": None, "max": None,
                "p50": None, "p90": None, "sample": 0} for name in names.values()}
-    for index, n in s.execute(select(TaskCount.task_index, TaskCount.n).where(
-            TaskCount.dataset_id == dataset_id, TaskCount.status == "complete")):
+    for index, n in s.execute(select(TaskCount.task_index, func.sum(TaskCount.n)).where(
+            TaskCount.dataset_id == dataset_id, TaskCount.status == "complete")
+            .group_by(TaskCount.task_index)):
         if index in names:
             out[names[index]]["count"] = int(n)
     times: dict[int, list[float]] = {i: [] for i in names}

@@ -2,9 +2,10 @@
 
 Every state change is one conditional UPDATE that names the state it expects (and, for a
 pilot's call, the claim it holds), so concurrent callers and server processes can never both
-win: the loser sees zero rows changed and gets -32004. Claiming takes the best queued rows
-with ``FOR UPDATE SKIP LOCKED`` on MariaDB (SQLite serialises writers with BEGIN IMMEDIATE),
-in index order, so a claim costs the same whatever the queue length.
+win: the loser sees zero rows changed and gets -32004. Claiming (:mod:`iceprod_server.db.
+claims`) takes the best queued rows with ``FOR UPDATE SKIP LOCKED`` on MariaDB (SQLite
+has one writer at a time), in index order, so a claim costs the same whatever the queue
+length.
 
 A task keeps the claimants of its last two attempts and when its claimant last reported
 an attempt, so a late caller is told to stop (``stillrunning`` false) rather than refused,
@@ -15,19 +16,28 @@ doubles with each failure.
 
 from __future__ import annotations
 
-import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Double,
+    Integer,
+    String,
+    bindparam,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
-    DatasetConfig,
+    JsonCol,
     Pilot,
     Task,
     TaskLog,
@@ -97,23 +107,6 @@ def _resources(t: Any) -> dict[str, int | float]:
             "disk": float(t.req_disk), "time": float(t.req_time)}
 
 
-# Statements of the hot path are built once; each call only binds values.
-_FIT_COLUMNS = (Task.task_id, Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk,
-                Task.req_time, Task.req_os, Task.last_claimant)
-_FITTING = (
-    select(*_FIT_COLUMNS)
-    .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
-           Task.req_gpu <= bindparam("b_gpu"), Task.req_memory <= bindparam("b_memory"),
-           Task.req_disk <= bindparam("b_disk"), Task.req_time <= bindparam("b_time"),
-           # one platform, or a pilot's platform among several (requirements.os_column)
-           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os"),
-               Task.req_os.like(bindparam("b_os_listed"), escape="/")))
-    .order_by(Task.queue_rank, Task.task_id)
-    .limit(bindparam("b_limit", type_=Integer))
-)
-_FITTING_LOCKED = _FITTING.with_for_update(skip_locked=True)
-
-
 def _claim_values(now: Any, token: Any, claimant: Any, lease: Any) -> Any:
     """The SET list of a claim, in order: MariaDB assigns left to right, each assignment
     seeing the ones before, so the previous claimant is copied before it is replaced."""
@@ -121,98 +114,6 @@ def _claim_values(now: Any, token: Any, claimant: Any, lease: Any) -> Any:
             (Task.status, "processing"), (Task.status_changed, now),
             (Task.attempt, Task.attempt + 1), (Task.claim, token),
             (Task.claimed_by, claimant), (Task.lease_expires, lease))
-
-
-_CLAIM = (
-    update(Task)
-    .where(Task.task_id.in_(bindparam("b_ids", expanding=True)), Task.status == "queued")
-    .ordered_values(*_claim_values(bindparam("b_now"), bindparam("b_token"),
-                                   bindparam("b_claimant"), bindparam("b_lease")))
-)
-_CLAIMED = (
-    select(Task.task_id, Task.name, Task.job_index, Task.attempt,
-           Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
-           Task.req_os, Dataset.dataset_id, Dataset.dataset_num, Dataset.njobs,
-           Dataset.debug, DatasetConfig.updated, DatasetConfig.config)
-    .join(Dataset, Dataset.dataset_id == Task.dataset_id)
-    .join(DatasetConfig, DatasetConfig.dataset_id == Task.dataset_id)
-    .where(Task.claim == bindparam("b_token"))
-    .order_by(Task.queue_rank, Task.task_id)
-)
-# parsed dataset configs by (dataset id, last update); a config is read far more than changed
-_configs: dict[tuple[str, float], Any] = {}
-_configs_lock = threading.Lock()
-
-
-def _parsed_config(dataset_id: str, updated: float, text: str) -> Any:
-    key = (dataset_id, updated)
-    with _configs_lock:
-        found = _configs.get(key)
-    if found is None:
-        found = json.loads(text) if text else {}
-        with _configs_lock:
-            if len(_configs) > 256:
-                _configs.clear()
-            _configs[key] = found
-    return found
-
-
-def _description(r: Any) -> dict[str, Any]:
-    """A claimed task as IceProd 2.3 servers sent it: the dataset config itself, with
-    ``dataset`` set to the dataset number and the task's options merged into ``options``."""
-    config = _parsed_config(r.dataset_id, r.updated, r.config)
-    desc: dict[str, Any] = dict(config) if isinstance(config, dict) else {}
-    options = dict(desc.get("options") or {})
-    options.update({
-        "task_id": r.task_id,
-        "task": r.name,
-        "dataset_id": r.dataset_id,
-        "dataset": r.dataset_num,
-        "job": r.job_index,
-        "jobs_submitted": r.njobs,
-        "debug": bool(r.debug),
-        "resources": _resources(r),
-        "attempt": r.attempt,
-    })
-    desc["options"] = options
-    desc["dataset"] = r.dataset_num
-    return desc
-
-
-def claim_tasks(s: Session, claimant: str, offer: Offer, lease_seconds: float,
-                hostname: str = "") -> list[dict[str, Any]]:
-    """Claim queued tasks that fit in ``offer``, best first, packing several while they fit.
-
-    A task whose last attempt was this claimant's goes to it only when nothing else among
-    the best candidates fits, so a retry usually runs on another pilot. Returns IceProd
-    task descriptions (see :func:`_description`).
-    """
-    if offer.cpu < 1:
-        return []
-    query = _FITTING if s.get_bind().dialect.name == "sqlite" else _FITTING_LOCKED
-    chosen: list[str] = []
-    left = offer
-    found = s.execute(query, {"b_cpu": offer.cpu, "b_gpu": offer.gpu,
-                              "b_memory": offer.memory, "b_disk": offer.disk,
-                              "b_time": offer.time, "b_os": offer.os,
-                              "b_os_listed": _listed(offer.os),
-                              "b_limit": 2 * offer.cpu + 4})
-    # stable: best first among tasks new to this claimant, then its own retries
-    rows = sorted(found, key=lambda row: row.last_claimant == claimant)
-    for row in rows:
-        req = _requirements(row)
-        if left.fits(req):
-            chosen.append(row.task_id)
-            left = left.minus(req)
-            if left.cpu < 1:
-                break
-    if not chosen:
-        return []
-    now = time.time()
-    token = secrets.token_hex(16)
-    s.execute(_CLAIM, {"b_ids": chosen, "b_now": now, "b_token": token,
-                       "b_claimant": claimant, "b_lease": now + lease_seconds})
-    return [_description(r) for r in s.execute(_CLAIMED, {"b_token": token})]
 
 
 _HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.claim,
@@ -223,7 +124,7 @@ _HELD = select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.cl
 
 
 def _held(s: Session, task_id: str) -> Any:
-    task = s.execute(_HELD, {"b_task_id": task_id}).first()
+    task = s.connection().execute(_HELD, {"b_task_id": task_id}).first()
     if task is None:
         raise NotFound(f"no task {task_id!r}", {"task_id": task_id})
     return task
@@ -243,12 +144,22 @@ def _extend(s: Session, task_ids: list[str], claimant: str, lease_seconds: float
     """Any call from the claimant about its processing tasks renews their leases."""
     if not task_ids:
         return 0
-    return changed(s,
-        update(Task).where(Task.task_id.in_(task_ids), Task.status == "processing",
-                           Task.claimed_by == claimant)
-        .values(lease_expires=time.time() + lease_seconds)
-        .execution_options(synchronize_session=False)
-    )
+    return _rowcount(s, _EXTEND, {"b_ids": task_ids, "b_claimant": claimant,
+                                  "b_lease": time.time() + lease_seconds})
+
+
+_EXTEND = (
+    update(Task)
+    .where(Task.task_id.in_(bindparam("b_ids", expanding=True)), Task.status == "processing",
+           Task.claimed_by == bindparam("b_claimant"))
+    .values(lease_expires=bindparam("b_lease"))
+)
+
+
+def _rowcount(s: Session, stmt: Any, params: dict[str, Any]) -> int:
+    """Run a prepared Core UPDATE on the unit's connection (no ORM bookkeeping): rows
+    changed."""
+    return int(s.connection().execute(stmt, params).rowcount)
 
 
 def _conflict(task: Any, why: str) -> Conflict:
@@ -298,40 +209,65 @@ def still_running(s: Session, task_id: str, claimant: str, lease_seconds: float,
 
 def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
                 attempt: int | None = None) -> dict[str, Any]:
-    """processing -> complete for the caller's claim; a repeat by the same claim is a no-op."""
+    """processing -> complete for the caller's claim; a repeat by the same claim is a no-op.
+
+    The common case is two statements: the conditional UPDATE names the claimant (and the
+    attempt, when given), and the stat row is copied from the task by INSERT ... SELECT.
+    Only when the UPDATE changes nothing is the task read, to tell a repeat from a refusal.
+    """
+    now = time.time()
+    conn = s.connection()
+    rows = conn.execute(_FINISH, {"b_task_id": task_id, "b_claimant": claimant,
+                                  "b_attempt": attempt, "b_now": now}).rowcount
+    if rows == 1:
+        time_used, hostname = _stat_fields(stats)
+        conn.execute(_FINISH_STAT, {"b_task_id": task_id, "b_now": now,
+                                    "b_hostname": hostname, "b_time_used": time_used,
+                                    "b_stats": stats})
+        return {"task_id": task_id, "status": "complete", "repeated": False}
     task = _held(s, task_id)
     if task.status == "complete" and _check_holder(task, claimant, attempt):
         return {"task_id": task_id, "status": "complete", "repeated": True}
-    if task.status != "processing" or not _check_holder(task, claimant, attempt):
-        raise _conflict(task, "task is not processing under this claim")
-    now = time.time()
-    rows = changed(s, _FINISH, {"b_task_id": task_id, "b_claim": task.claim, "b_now": now,
-                                "b_attempt": task.attempt})
-    if rows != 1:
-        raise _conflict(task, "task changed while finishing")
-    _add_stat(s, task, now, stats, error=False)
-    return {"task_id": task_id, "status": "complete", "repeated": False}
+    raise _conflict(task, "task is not processing under this claim")
 
 
+_ATTEMPT = bindparam("b_attempt", type_=Integer)
 _FINISH = (
     update(Task)
     .where(Task.task_id == bindparam("b_task_id"), Task.status == "processing",
-           Task.claim == bindparam("b_claim"))
+           Task.claimed_by == bindparam("b_claimant"),
+           or_(_ATTEMPT.is_(None), Task.attempt == _ATTEMPT))
     .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None,
-            reported_attempt=bindparam("b_attempt"), reported_at=bindparam("b_now"))
+            reported_attempt=Task.attempt, reported_at=bindparam("b_now"))
 )
-_ADD_STAT = insert(TaskStat)
+_FINISH_STAT = insert(TaskStat).from_select(
+    ["task_id", "dataset_id", "attempt", "created", "error", "hostname", "time_used",
+     "stats"],
+    select(Task.task_id, Task.dataset_id, Task.attempt,
+           bindparam("b_now", type_=Double), literal(False, Boolean),
+           bindparam("b_hostname", type_=String), bindparam("b_time_used", type_=Double),
+           bindparam("b_stats", type_=JsonCol))
+    .where(Task.task_id == bindparam("b_task_id")))
 
 
-def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: bool) -> None:
+def _stat_fields(stats: dict[str, Any]) -> tuple[float | None, str]:
+    """time_used (a number, else None) and hostname (at most 255 characters) of stats."""
     time_used = stats.get("time_used")
     if not isinstance(time_used, int | float) or isinstance(time_used, bool):
         time_used = None
     hostname = stats.get("hostname")
-    s.execute(_ADD_STAT, {"task_id": task.task_id, "dataset_id": task.dataset_id,
-                          "attempt": task.attempt, "created": now, "error": error,
-                          "hostname": str(hostname)[:255] if hostname else "",
-                          "time_used": time_used, "stats": stats})
+    return time_used, str(hostname)[:255] if hostname else ""
+
+
+_ADD_STAT = insert(TaskStat)
+
+
+def _add_stat(s: Session, task: Any, now: float, stats: dict[str, Any], error: bool) -> None:
+    time_used, hostname = _stat_fields(stats)
+    s.connection().execute(_ADD_STAT, {
+        "task_id": task.task_id, "dataset_id": task.dataset_id, "attempt": task.attempt,
+        "created": now, "error": error, "hostname": hostname, "time_used": time_used,
+        "stats": stats})
 
 
 def overused(error_info: dict[str, Any], requirements: dict[str, Any]) -> list[str]:

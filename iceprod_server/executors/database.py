@@ -1,10 +1,14 @@
-"""Runs units of database work on the ``db`` thread pool.
+"""Runs units of database work on the ``db`` thread pool (writes on SQLite: the writer).
 
 A unit of work is a function ``fn(session, *args)`` from :mod:`iceprod_server.db`. One hop
 onto the pool opens a session, runs the function in one transaction, commits and returns
 plain data. Lock conflicts (SQLite busy, InnoDB deadlock or lock wait timeout) roll back and
 run the unit again; once the retries or the timeout run out, or the database is unreachable,
 the caller gets :class:`~iceprod_server.errors.Unavailable` (-32005, safe to retry).
+
+On SQLite, write units go to the process's one writer thread instead
+(:mod:`iceprod_server.executors.writer`), which commits every unit waiting in one
+transaction, each in its own savepoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from iceprod_server import metrics
 from iceprod_server.errors import Unavailable
+from iceprod_server.executors.writer import Writer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,9 +106,21 @@ class Database:
         self.executor = executor
         self.timeout = timeout
         self._ping: asyncio.Future[None] | None = None
+        # SQLite: one writer thread per process, many units per transaction
+        self.writer: Writer | None = None
+        if engine.dialect.name == "sqlite":
+            self.writer = Writer(engine, functools.partial(run_unit, engine, write=True,
+                                                           timeout=timeout))
+
+    def close(self) -> None:
+        """Run the write units still queued, then stop the writer thread."""
+        if self.writer is not None:
+            self.writer.stop(self.timeout)
 
     def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              write: bool) -> asyncio.Future[Any]:
+        if write and self.writer is not None:
+            return self.writer.submit(fn, args, kwargs)
         # in the caller's context, so what the unit logs carries the request's id
         unit = functools.partial(run_unit, self.engine, fn, *args, write=write,
                                  timeout=self.timeout, **kwargs)

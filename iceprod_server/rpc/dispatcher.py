@@ -139,8 +139,9 @@ class Dispatcher:
         metrics.RPC_SECONDS.labels(rpc_method=label).observe(seconds)
         if called is not None:
             called.append(label)
-        log.debug("rpc %s role=%s outcome=%s %.1fms", name, caller.role if caller else "?",
-                  outcome, seconds * 1000)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("rpc %s role=%s outcome=%s %.1fms", name,
+                      caller.role if caller else "?", outcome, seconds * 1000)
         if notification:
             return None
         try:

@@ -22,6 +22,7 @@ from typing import Any
 
 from iceprod_server import metrics
 from iceprod_server.db import tasks as task_db
+from iceprod_server.db.claims import ClaimRequest
 from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
 from iceprod_server.files.storage import storage_full
 from iceprod_server.rpc.context import Context
@@ -83,8 +84,9 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
         time=float(time if time is not None else 24.0), os=os or None)
     if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
         raise InvalidParams("resources offered must not be negative")
-    claimed: list[dict[str, Any]] = await ctx.services.db.write(
-        task_db.claim_tasks, _claimant(ctx), offer, first_lease(ctx), hostname or "")
+    # calls arriving together are claimed together (iceprod_server.db.claims)
+    claimed = await ctx.services.claims.claim(
+        ClaimRequest(_claimant(ctx), offer, first_lease(ctx)))
     metrics.CLAIMS.inc(len(claimed))
     return claimed
 

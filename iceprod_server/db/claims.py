@@ -1,0 +1,226 @@
+"""Claims: ``new_task`` calls that arrive together are served together.
+
+While one group of claims is in the database, the calls that arrive meanwhile wait in
+:class:`ClaimBatcher`; the next group takes them all in one unit of work: per distinct
+offer one ``SELECT`` of the best fitting queued tasks, ``LIMIT`` the sum of what the
+callers may take (``FOR UPDATE SKIP LOCKED`` on MariaDB), split among the callers in
+arrival order, the best task to the earliest caller, then one conditional ``UPDATE``
+(``status = 'queued'``, run for each task with its caller's token) and one ``SELECT`` of
+what was claimed. A task the conditional update did not change (another process took it)
+goes to nobody, so the exactly-once guarantee is that of a single claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Integer, bindparam, or_, select, update
+from sqlalchemy.orm import Session
+
+from iceprod_server.db.models import Dataset, DatasetConfig, Task
+from iceprod_server.db.tasks import Offer, _claim_values, _listed, _requirements, _resources
+from iceprod_server.errors import Unavailable
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One ``new_task`` call: who claims, what it offers, the lease of its claims."""
+
+    claimant: str
+    offer: Offer
+    lease_seconds: float
+
+
+# Statements of the hot path are built once; each call only binds values.
+_FIT_COLUMNS = (Task.task_id, Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk,
+                Task.req_time, Task.req_os, Task.last_claimant)
+_FITTING = (
+    select(*_FIT_COLUMNS)
+    .where(Task.status == "queued", Task.req_cpu <= bindparam("b_cpu"),
+           Task.req_gpu <= bindparam("b_gpu"), Task.req_memory <= bindparam("b_memory"),
+           Task.req_disk <= bindparam("b_disk"), Task.req_time <= bindparam("b_time"),
+           # one platform, or a pilot's platform among several (requirements.os_column)
+           or_(Task.req_os.is_(None), Task.req_os == bindparam("b_os"),
+               Task.req_os.like(bindparam("b_os_listed"), escape="/")))
+    .order_by(Task.queue_rank, Task.task_id)
+    .limit(bindparam("b_limit", type_=Integer))
+)
+_FITTING_LOCKED = _FITTING.with_for_update(skip_locked=True)
+
+
+_CLAIM_ONE = (
+    update(Task)
+    .where(Task.task_id == bindparam("b_id"), Task.status == "queued")
+    .ordered_values(*_claim_values(bindparam("b_now"), bindparam("b_token"),
+                                   bindparam("b_claimant"), bindparam("b_lease")))
+)
+_CLAIMED = (
+    select(Task.claim, Task.task_id, Task.name, Task.job_index, Task.attempt,
+           Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
+           Task.req_os, Dataset.dataset_id, Dataset.dataset_num, Dataset.njobs,
+           Dataset.debug, DatasetConfig.updated, DatasetConfig.config)
+    .join(Dataset, Dataset.dataset_id == Task.dataset_id)
+    .join(DatasetConfig, DatasetConfig.dataset_id == Task.dataset_id)
+    .where(Task.claim.in_(bindparam("b_tokens", expanding=True)))
+    .order_by(Task.queue_rank, Task.task_id)
+)
+
+# parsed dataset configs by (dataset id, last update); a config is read far more than changed
+_configs: dict[tuple[str, float], Any] = {}
+_configs_lock = threading.Lock()
+
+
+def _parsed_config(dataset_id: str, updated: float, text: str) -> Any:
+    key = (dataset_id, updated)
+    with _configs_lock:
+        found = _configs.get(key)
+    if found is None:
+        found = json.loads(text) if text else {}
+        with _configs_lock:
+            if len(_configs) > 256:
+                _configs.clear()
+            _configs[key] = found
+    return found
+
+
+def _description(r: Any) -> dict[str, Any]:
+    """A claimed task as IceProd 2.3 servers sent it: the dataset config itself, with
+    ``dataset`` set to the dataset number and the task's options merged into ``options``."""
+    config = _parsed_config(r.dataset_id, r.updated, r.config)
+    desc: dict[str, Any] = dict(config) if isinstance(config, dict) else {}
+    options = dict(desc.get("options") or {})
+    options.update({
+        "task_id": r.task_id,
+        "task": r.name,
+        "dataset_id": r.dataset_id,
+        "dataset": r.dataset_num,
+        "job": r.job_index,
+        "jobs_submitted": r.njobs,
+        "debug": bool(r.debug),
+        "resources": _resources(r),
+        "attempt": r.attempt,
+    })
+    desc["options"] = options
+    desc["dataset"] = r.dataset_num
+    return desc
+
+
+def _choose(rows: list[Any], claimant: str, offer: Offer, taken: set[str]) -> list[str]:
+    """The tasks one caller gets from the candidates left, best first, packing several
+    while they fit. A task whose last attempt was this claimant's goes to it only when
+    nothing else among the candidates fits, so a retry usually runs on another pilot."""
+    chosen: list[str] = []
+    left = offer
+    # best first among tasks new to this claimant, then its own retries (lazily: a
+    # caller usually stops at its first task)
+    for row in itertools.chain((r for r in rows if r.last_claimant != claimant),
+                               (r for r in rows if r.last_claimant == claimant)):
+        if row.task_id in taken:
+            continue
+        req = _requirements(row)
+        if left.fits(req):
+            chosen.append(row.task_id)
+            left = left.minus(req)
+            if left.cpu < 1:
+                break
+    return chosen
+
+
+def _per_caller(offer: Offer) -> int:
+    """Candidates a caller's share of the SELECT holds."""
+    return 2 * offer.cpu + 4
+
+
+def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[list[dict[str, Any]]]:
+    """Claim queued tasks for each request, in order; returns each request's task
+    descriptions (see :func:`_description`), an empty list when nothing fitted."""
+    conn = s.connection()
+    query = _FITTING if conn.dialect.name == "sqlite" else _FITTING_LOCKED
+    groups: dict[Offer, list[int]] = {}
+    for i, r in enumerate(requests):
+        if r.offer.cpu >= 1:
+            groups.setdefault(r.offer, []).append(i)
+    now = time.time()
+    tokens = [secrets.token_hex(16) for _ in requests]
+    claims: list[dict[str, Any]] = []
+    for offer, members in groups.items():
+        rows = list(conn.execute(query, {
+            "b_cpu": offer.cpu, "b_gpu": offer.gpu, "b_memory": offer.memory,
+            "b_disk": offer.disk, "b_time": offer.time, "b_os": offer.os,
+            "b_os_listed": _listed(offer.os),
+            "b_limit": _per_caller(offer) * len(members)}))
+        taken: set[str] = set()
+        for i in members:
+            r = requests[i]
+            for task_id in _choose(rows, r.claimant, offer, taken):
+                taken.add(task_id)
+                claims.append({"b_id": task_id, "b_now": now, "b_token": tokens[i],
+                               "b_claimant": r.claimant, "b_lease": now + r.lease_seconds})
+    answers: list[list[dict[str, Any]]] = [[] for _ in requests]
+    if not claims:
+        return answers
+    conn.execute(_CLAIM_ONE, claims)
+    index = {token: i for i, token in enumerate(tokens)}
+    for row in conn.execute(_CLAIMED, {"b_tokens": [c["b_token"] for c in claims]}):
+        answers[index[row.claim]].append(_description(row))
+    return answers
+
+
+class ClaimBatcher:
+    """Gathers the ``new_task`` calls of one process: a call arriving while no group is
+    in the database goes at once; calls arriving meanwhile go together in the next group.
+    ``write`` runs a unit of work (the process's :class:`~iceprod_server.executors.
+    database.Database`)."""
+
+    def __init__(self, write: Any, max_group: int = 200) -> None:
+        self.write = write
+        self.max_group = max_group
+        self._waiting: list[tuple[ClaimRequest, asyncio.Future[list[dict[str, Any]]]]] = []
+        self._running = False
+        self._task: asyncio.Future[None] | None = None  # held: the loop keeps weak refs
+
+    async def claim(self, request: ClaimRequest) -> list[dict[str, Any]]:
+        future: asyncio.Future[list[dict[str, Any]]] = (
+            asyncio.get_running_loop().create_future())
+        self._waiting.append((request, future))
+        if not self._running:
+            self._running = True
+            self._task = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[:self.max_group]
+                del self._waiting[:self.max_group]
+                await self._run(group)
+        finally:
+            self._running = False
+
+    async def _run(self, group: list[tuple[ClaimRequest,
+                                           asyncio.Future[list[dict[str, Any]]]]]) -> None:
+        try:
+            answers = await self.write(claim_batch, [r for r, _ in group])
+        except Unavailable as e:  # the database: every caller of the group is told
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        except Exception as e:  # noqa: BLE001 - one caller's claim may be at fault
+            if len(group) > 1:
+                # each alone, so that one caller's failure is not the others'
+                await asyncio.gather(*(self._run([member]) for member in group))
+                return
+            if not group[0][1].done():
+                group[0][1].set_exception(e)
+            return
+        for (_, future), answer in zip(group, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)

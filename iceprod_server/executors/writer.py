@@ -1,0 +1,167 @@
+"""The SQLite writer: one thread per process runs every write unit, in group commits.
+
+SQLite lets one connection write at a time. With a pool of threads each opening its own
+``BEGIN IMMEDIATE``, all but one sleep in SQLite's busy handler, which sleeps in steps, so
+most of the time nobody writes. Here the units that change the database go to a queue;
+the writer thread takes every unit waiting, opens one transaction, runs each unit in its
+own ``SAVEPOINT`` (a unit that raises rolls back only its own changes and gets its error),
+commits once, and only then answers the callers. Reads stay on the pool (WAL readers do
+not wait for the writer).
+
+Several processes on one SQLite file still work: each has its own writer, and they queue
+on the busy timeout as before. When the group's ``BEGIN`` or ``COMMIT`` fails (another
+process held the lock past the timeout, the database went away), nothing of the group was
+kept, and each unit runs again on its own through :func:`run_unit`, with its retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+# at most this many units share one transaction
+MAX_GROUP = 200
+
+
+@dataclass
+class _Unit:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    context: contextvars.Context
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    outcome: tuple[bool, Any] = field(default=(False, None))
+
+
+class _GroupFailed(Exception):
+    """The group's transaction cannot go on; every unit of it runs again on its own."""
+
+
+def _answer(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the caller stopped waiting (its bounded wait ran out)
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class Writer:
+    """Runs write units of one process on one thread, many units per transaction."""
+
+    def __init__(self, engine: Engine, run_alone: Callable[..., Any]) -> None:
+        self.engine = engine
+        # run_alone(fn, *args, **kwargs): one unit in its own transaction, with retries
+        self.run_alone = run_alone
+        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.groups = 0  # transactions committed, for the tests and the curious
+        self.units = 0
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        """Queue a unit; the future gets its result once the transaction committed."""
+        loop = asyncio.get_running_loop()
+        unit = _Unit(fn, args, kwargs, contextvars.copy_context(), loop, loop.create_future())
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="db-writer",
+                                                    daemon=True)
+                    self._thread.start()
+        self._queue.put(unit)
+        return unit.future
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Run what is queued, then end the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stopping = False
+            while len(group) < MAX_GROUP:
+                try:
+                    unit = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if unit is None:
+                    stopping = True
+                    break
+                group.append(unit)
+            self._run_group(group)
+            if stopping:
+                return
+
+    def _run_group(self, group: list[_Unit]) -> None:
+        live = [u for u in group if not u.future.cancelled()]
+        if not live:
+            return
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(iceprod_write=True)
+                with conn.begin():
+                    for unit in live:
+                        unit.outcome = unit.context.run(_in_savepoint, conn, unit)
+            self.groups += 1
+            self.units += len(live)
+        except (DBAPIError, _GroupFailed) as e:
+            log.info("group of %d units failed (%s): running them one by one", len(live), e)
+            for unit in live:
+                unit.outcome = unit.context.run(self._alone, unit)
+        except Exception as e:  # noqa: BLE001 - every caller must get an answer
+            log.exception("group of %d units failed", len(live))
+            for unit in live:
+                unit.outcome = (False, e)
+        for unit in live:
+            ok, value = unit.outcome
+            unit.loop.call_soon_threadsafe(_answer, unit.future, ok, value)
+
+    def _alone(self, unit: _Unit) -> tuple[bool, Any]:
+        try:
+            return True, self.run_alone(unit.fn, *unit.args, **unit.kwargs)
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            return False, e
+
+
+def _in_savepoint(conn: Any, unit: _Unit) -> tuple[bool, Any]:
+    try:
+        with Session(bind=conn, expire_on_commit=False,
+                     join_transaction_mode="create_savepoint") as session:
+            with session.begin():
+                return True, unit.fn(session, *unit.args, **unit.kwargs)
+    except DBAPIError as e:
+        if e.connection_invalidated or _breaks_group(e):
+            raise _GroupFailed(str(e.orig)) from e
+        return False, e
+    except Exception as e:  # noqa: BLE001 - handed to the caller
+        return False, e
+
+
+def _breaks_group(err: DBAPIError) -> bool:
+    """Errors after which the transaction itself cannot go on (or the unit would succeed
+    when run again): locks, I/O, a database gone away."""
+    msg = str(err.orig).lower()
+    return any(word in msg for word in ("locked", "disk i/o", "unable to open", "readonly",
+                                        "database or disk is full", "not an error"))

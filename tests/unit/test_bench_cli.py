@@ -24,5 +24,6 @@ def test_help_lists_the_benchmarks() -> None:
     done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    for name in ("echo", "pilot", "count", "pages", "files", "gridftp", "federation"):
+    for name in ("echo", "pilot", "count", "pages", "files", "gridftp", "federation",
+                 "frontend"):
         assert name in done.stdout

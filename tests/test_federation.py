@@ -155,9 +155,9 @@ def test_master_away_clients_keep_running_and_converge(federation: MakeFederatio
     stopped = time.monotonic()
     # the clients go on with what they hold and queue what they report
     local = [site.server.client() for site in fed.sites if site.server]
-    before = [counts(c, dataset_id).get("complete", 0) for c in local]
+    before = [site_counts(c, dataset_id).get("complete", 0) for c in local]
     wait_until("the clients to complete more tasks while the master is away", lambda: sum(
-        counts(c, dataset_id).get("complete", 0) for c in local) >= sum(before) + 2,
+        site_counts(c, dataset_id).get("complete", 0) for c in local) >= sum(before) + 2,
         timeout=30)
     wait_until("the outage to outlast the lease",
                lambda: time.monotonic() - stopped > lease + 2, timeout=lease + 5)
@@ -186,6 +186,9 @@ def test_killed_site_loses_its_tasks_and_its_stale_updates_are_refused(
                lambda: fed.status()["site-a"]["tasks_held"] > 0, timeout=30)
     assert site_a.server is not None
     local_a = site_a.server.client()
+    # the master marks the tasks held before the site has merged them
+    wait_until("site-a to have merged its work", lambda: site_counts(local_a, dataset_id),
+               timeout=30)
     # site-a is cut off: it goes on with what it holds, and its reports queue up
     fed.cables[0].cut()
     done_at_cut = counts(local_a, dataset_id).get("complete", 0)

@@ -37,7 +37,8 @@ class MetricsHandler(BaseHandler):
         if counts is not None:
             metrics.set_task_counts(counts)
         metrics.sample(self.services)
-        body, content_type = metrics.exposition()
+        # several workers' figures are read from files: on the fs pool, not the loop
+        body, content_type = await self.services.run_fs(metrics.exposition)
         self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)

@@ -11,13 +11,18 @@ requests), or longer than ``body_timeout`` to send a body, are closed.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import tornado.httpserver
 import tornado.web
 from tornado import httputil
 
 from iceprod_server.config import Config
+
+# (start line, headers, connection) -> a delegate that answers the request without the
+# application, or None
+Shortcut = Callable[[httputil.RequestStartLine, httputil.HTTPHeaders, httputil.HTTPConnection],
+                    httputil.HTTPMessageDelegate | None]
 
 MAX_HEADER_BYTES = 64 * 1024
 # what Tornado reads before it gives up on a request without answering
@@ -57,9 +62,10 @@ class _TooLarge(httputil.HTTPMessageDelegate):
 
 
 class _Guard(httputil.HTTPMessageDelegate):
-    def __init__(self, app: tornado.web.Application, server_conn: object,
-                 connection: httputil.HTTPConnection) -> None:
+    def __init__(self, app: tornado.web.Application, shortcut: Shortcut | None,
+                 server_conn: object, connection: httputil.HTTPConnection) -> None:
         self.app = app
+        self.shortcut = shortcut
         self.server_conn = server_conn
         self.connection = connection
         self.inner: httputil.HTTPMessageDelegate | None = None
@@ -73,8 +79,13 @@ class _Guard(httputil.HTTPMessageDelegate):
             self.inner = refusal
             refusal.answer()
             return None
-        self.inner = self.app.start_request(self.server_conn, self.connection)
-        return self.inner.headers_received(start_line, headers)
+        inner = None
+        if self.shortcut is not None:
+            inner = self.shortcut(start_line, headers, self.connection)
+        if inner is None:
+            inner = self.app.start_request(self.server_conn, self.connection)
+        self.inner = inner
+        return inner.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         assert self.inner is not None
@@ -90,25 +101,27 @@ class _Guard(httputil.HTTPMessageDelegate):
 
 
 class GuardedApplication(httputil.HTTPServerConnectionDelegate):
-    """``app`` behind the header limit."""
+    """``app`` behind the header limit; requests that ``shortcut`` takes bypass ``app``."""
 
-    def __init__(self, app: tornado.web.Application) -> None:
+    def __init__(self, app: tornado.web.Application, shortcut: Shortcut | None = None) -> None:
         self.app = app
+        self.shortcut = shortcut
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _Guard(self.app, server_conn, request_conn)
+        return _Guard(self.app, self.shortcut, server_conn, request_conn)
 
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
 
 
-def http_server(app: tornado.web.Application, config: Config) -> tornado.httpserver.HTTPServer:
+def http_server(app: tornado.web.Application, config: Config,
+                shortcut: Shortcut | None = None) -> tornado.httpserver.HTTPServer:
     # Tornado's own body cap sits above ours so the JSON-RPC handler can answer 413 itself.
     # No xheaders: Tornado would take X-Real-IP from any client; the handlers trust proxy
     # headers only when the TCP peer is the configured trusted_proxy.
     return tornado.httpserver.HTTPServer(
-        GuardedApplication(app),
+        GuardedApplication(app, shortcut),
         max_body_size=max(config.max_body_bytes + 1, 100 * 1024 * 1024),
         max_header_size=HEADER_READ_BYTES,
         idle_connection_timeout=config.idle_connection_timeout,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -77,6 +77,33 @@ LIVE_VIEWERS = Gauge("iceprod_live_viewers", "open live-update streams of the pa
 
 def rpc_outcome(code: int | None) -> str:
     return "ok" if code is None else str(code)
+
+
+# the labelled series already looked up: labels() validates and locks on every call
+_rpc_series: dict[tuple[str, int], tuple[Any, Any]] = {}
+_http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def observe_rpc(rpc_method: str, code: int, seconds: float) -> None:
+    """One JSON-RPC call of a registered method (or "(unknown)"); code 0 is success."""
+    series = _rpc_series.get((rpc_method, code))
+    if series is None:
+        series = _rpc_series[(rpc_method, code)] = (
+            RPC_CALLS.labels(rpc_method=rpc_method, outcome=rpc_outcome(code or None)),
+            RPC_SECONDS.labels(rpc_method=rpc_method))
+    series[0].inc()
+    series[1].observe(seconds)
+
+
+def observe_http(handler: str, method: str, status: int, seconds: float) -> None:
+    """One answered HTTP request."""
+    series = _http_series.get((handler, method, status))
+    if series is None:
+        series = _http_series[(handler, method, status)] = (
+            HTTP_REQUESTS.labels(handler=handler, method=method, status=str(status)),
+            HTTP_SECONDS.labels(handler=handler))
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def _busy_and_queued(pool: ThreadPoolExecutor) -> tuple[int, int]:

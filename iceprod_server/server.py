@@ -19,6 +19,7 @@ from iceprod_server.config import Config, safe_db_url
 from iceprod_server.db import sync_master
 from iceprod_server.db.migrate import check_schema
 from iceprod_server.federation import link
+from iceprod_server.handlers import jsonrpc
 from iceprod_server.httpguard import http_server
 from iceprod_server.reload import reload_config
 from iceprod_server.scheduler import Scheduler
@@ -38,7 +39,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
     try:
         await services.db.read(lambda s: check_schema(s.connection()))
         app = make_app(services)
-        server = http_server(app, config)
+        server = http_server(app, config, jsonrpc.shortcut(app))
         if sockets is None:
             server.listen(config.port, address=config.host)
         else:

@@ -20,21 +20,19 @@ from iceprod_server import log_format
 from iceprod_server.db import users
 from iceprod_server.errors import NotAuthenticated, Unavailable
 from iceprod_server.files import access
+from iceprod_server.handlers.peer import Peer, peer_address
 from iceprod_server.rpc.context import ANONYMOUS, Caller
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "iceprod_session"
-# the Authorization schemes the server accepts
-AUTH_SCHEMES = ("Bearer",)
 
 
-def _close_after_answer(request: tornado.httputil.HTTPServerRequest) -> None:
+def close_after_answer(connection: Any) -> None:
     """End a keep-alive connection after this answer, with ``Connection: close``, so that
     its client opens its next connection to a server that is not stopping. Tornado has no
     public switch for this; without it the connection is closed after the grace time."""
-    connection: Any = request.connection
     if hasattr(connection, "_disconnect_on_finish"):
         connection._disconnect_on_finish = True
 
@@ -60,7 +58,7 @@ class BaseHandler(tornado.web.RequestHandler):
         requests = self.services.requests
         requests.enter()
         if requests.draining:
-            _close_after_answer(request)
+            close_after_answer(request.connection)
 
     def _left(self) -> None:
         if self._in_flight:
@@ -87,74 +85,36 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- credentials -------------------------------------------------------------------
 
+    @property
+    def peer(self) -> Peer:
+        peer: Peer | None = getattr(self, "_peer", None)
+        if peer is None:
+            address = peer_address(self.request.connection, self.request.remote_ip or "")
+            peer = self._peer = Peer(self.request.headers, address, self.request.protocol,
+                                     self.services.config)
+        return peer
+
     def bearer_token(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
+        return self.peer.bearer_token()
 
     def refuse_other_schemes(self) -> None:
-        """An ``Authorization`` header that is not ``Bearer <passkey>`` is an error, not
-        an anonymous call: the caller meant to authenticate and would otherwise not know
-        why they are treated as anonymous."""
-        header = self.request.headers.get("Authorization")
-        if header is None or self.bearer_token() is not None:
-            return
-        scheme = header.partition(" ")[0]
-        if scheme.lower() == "bearer":
-            reason = "Authorization: Bearer without a passkey"
-        else:
-            reason = (f"Authorization scheme {scheme[:32]!r} is not accepted: send "
-                      "'Authorization: Bearer <passkey>' (or log in)")
-        raise NotAuthenticated(reason, {"schemes": list(AUTH_SCHEMES)})
-
-    def peer_address(self) -> str:
-        """The address of the TCP peer itself, which a client cannot forge (unlike
-        X-Real-IP, which only the trusted proxy may set)."""
-        context = getattr(self.request.connection, "context", None)
-        address = getattr(context, "address", None)
-        if isinstance(address, tuple) and address:
-            return str(address[0])
-        return self.request.remote_ip or ""
+        self.peer.refuse_other_schemes()
 
     def from_trusted_proxy(self) -> bool:
-        trusted = self.services.config.trusted_proxy
-        return bool(trusted) and self.peer_address() == trusted
+        return self.peer.from_trusted_proxy()
 
     def remote_ip(self) -> str:
-        if self.from_trusted_proxy():
-            return self.request.headers.get("X-Real-IP", self.peer_address())
-        return self.peer_address()
+        return self.peer.remote_ip()
 
     def over_https(self) -> bool:
-        """Whether the client reached us over HTTPS, directly or through the proxy."""
-        if self.request.protocol == "https":
-            return True
-        return self.from_trusted_proxy() and self.request.headers.get(
-            "X-Forwarded-Proto", self.request.headers.get("X-Scheme", "")).lower() == "https"
+        return self.peer.over_https()
 
     async def caller_from_request(self, legacy_passkey: str | None = None,
                                   legacy_site_id: str | None = None) -> Caller:
         """Authenticate: Bearer header first, then the legacy params, then the login
         cookie (whose XSRF token the handler has checked already)."""
-        auth = self.services.auth
-        self.refuse_other_schemes()
-        token = self.bearer_token() or legacy_passkey
-        pilot_ref = self.request.headers.get("X-IceProd-Pilot", "")
-        if legacy_site_id is not None:
-            cert_dn = None
-            if self.from_trusted_proxy():
-                cert_dn = self.request.headers.get("X-SSL-Client-DN")
-            return await auth.from_site(legacy_site_id, token, cert_dn)
-        if token is None and self.caller.role is not None:
-            return self.caller
-        if token is None and self.from_trusted_proxy():
-            cert_dn = self.request.headers.get("X-SSL-Client-DN")
-            site = await auth.from_site_dn(cert_dn) if cert_dn else None
-            if site is not None:
-                return site
-        return await auth.from_passkey(token, pilot_ref)
+        return await self.peer.caller(self.services.auth, legacy_passkey, legacy_site_id,
+                                      self.caller)
 
     # -- login session -----------------------------------------------------------------
 

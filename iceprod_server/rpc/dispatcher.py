@@ -134,9 +134,7 @@ class Dispatcher:
         seconds = time.monotonic() - started
         # only registered names become labels: a caller cannot make up new time series
         label = name if name in REGISTRY else "(unknown)"
-        metrics.RPC_CALLS.labels(rpc_method=label,
-                                 outcome=metrics.rpc_outcome(outcome or None)).inc()
-        metrics.RPC_SECONDS.labels(rpc_method=label).observe(seconds)
+        metrics.observe_rpc(label, outcome, seconds)
         if called is not None:
             called.append(label)
         if log.isEnabledFor(logging.DEBUG):
@@ -179,9 +177,14 @@ def _error_text(code: int, reason: str) -> str:
 
 def _valid_id(req_id: Any) -> bool:
     """A string, or a number that JSON can carry back (finite; integers within 64 bits)."""
+    if type(req_id) is int:  # the usual case, without the general checks
+        return values.INT_MIN <= req_id <= values.INT_MAX
     if isinstance(req_id, bool) or not isinstance(req_id, str | int | float):
         return False
     return not values.problems(req_id, "id")
+
+
+_MEMBERS = frozenset(("jsonrpc", "method", "params", "id"))
 
 
 def _shape_problem(req: Any) -> str:
@@ -195,7 +198,7 @@ def _shape_problem(req: Any) -> str:
         return 'member "params" must be an array or an object'
     if "id" in req and req["id"] is not None and not _valid_id(req["id"]):
         return 'member "id" must be a string, a number or null'
-    extra = set(req) - {"jsonrpc", "method", "params", "id"}
-    if extra:
+    if not _MEMBERS.issuperset(req):
+        extra = set(req) - _MEMBERS
         return f"unknown members: {', '.join(sorted(extra))}"
     return ""

@@ -49,15 +49,21 @@ def dumps(obj: Any) -> str:
     """JSON text of ``obj``; a non-finite number (stored before input was checked for
     them) is written as null rather than failing the whole reply."""
     try:
-        return json.dumps(obj, default=_default, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(obj)
     except ValueError:
-        return json.dumps(finite_copy(obj), default=_default, separators=(",", ":"),
-                          allow_nan=False)
+        return _ENCODER.encode(finite_copy(obj))
 
 
 def loads(text: str | bytes) -> Any:
-    return json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
+    if isinstance(text, bytes | bytearray):
+        return json.loads(text, object_hook=_hook, parse_constant=_reject_constant)
+    return _DECODER.decode(text)
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# made once: json.dumps and json.loads with options build a new coder on every call
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"), allow_nan=False)
+_DECODER = json.JSONDecoder(object_hook=_hook, parse_constant=_reject_constant)

@@ -20,6 +20,8 @@ import tornado.httpserver
 
 from iceprod_server import config as config_mod
 from iceprod_server.app import make_app
+from iceprod_server.handlers import jsonrpc
+from iceprod_server.httpguard import http_server
 from iceprod_server.rpc import registry
 from iceprod_server.scheduler import Scheduler
 from iceprod_server.services import Services
@@ -61,7 +63,8 @@ class InProcessServer:
     async def _start(self) -> None:
         self.services = Services(self.config)
         app = make_app(self.services)
-        self._http = tornado.httpserver.HTTPServer(app)
+        # the server as `serve` makes it: the header guard and the JSON-RPC fast path
+        self._http = http_server(app, self.config, jsonrpc.shortcut(app))
         self._http.listen(self.port, address="127.0.0.1")
         if self.with_scheduler:
             self._scheduler = Scheduler(self.services)

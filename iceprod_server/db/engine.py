@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
+
+# a MariaDB connection unused for this many seconds is pinged before it is handed out
+PING_AFTER_IDLE = 1.0
 
 
 def is_sqlite(url: str) -> bool:
@@ -22,9 +26,15 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
     SQLite runs in WAL mode with foreign keys on and a busy timeout. Transactions start with
     ``BEGIN IMMEDIATE`` when the connection is marked for writing (execution option
     ``iceprod_write``), so two writers queue on the busy timeout instead of failing when one
-    upgrades a read lock. MariaDB/MySQL runs through mysqlclient at READ COMMITTED with
-    pre-ping and recycle so that connections dropped by the server are replaced, with
+    upgrades a read lock. MariaDB/MySQL runs through mysqlclient at READ COMMITTED, with
     connect, read and write timeouts and ``max_statement_time`` of ``timeout`` seconds.
+    Connections dropped by the server are replaced: one that sat unused for
+    :data:`PING_AFTER_IDLE` seconds is pinged when it is taken from the pool (a busy one
+    is not: the round trip would cost as much as a statement), an error that says the
+    server is gone invalidates every connection of the pool, and connections are recycled
+    after ``pool_recycle`` seconds. A connection goes back to the pool without another
+    ROLLBACK: every unit of work ends its transaction itself (committed, or rolled back
+    when it closes with one open).
     """
     if is_sqlite(url):
         engine = create_engine(
@@ -63,8 +73,8 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=pool_recycle,
+        pool_reset_on_return=None,
         pool_timeout=timeout,
         isolation_level="READ COMMITTED",
         # a database that accepts connections and then never answers (stopped, a network
@@ -85,4 +95,22 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
         finally:
             cur.close()
 
+    _ping_after_idle(engine)
     return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as e:
+            # the pool then replaces the connection and tries again
+            raise exc.DisconnectionError(f"connection lost while idle: {e}") from e

@@ -3,8 +3,10 @@
 A unit of work is a function ``fn(session, *args)`` from :mod:`iceprod_server.db`. One hop
 onto the pool opens a session, runs the function in one transaction, commits and returns
 plain data. Lock conflicts (SQLite busy, InnoDB deadlock or lock wait timeout) roll back and
-run the unit again; once the retries or the timeout run out, or the database is unreachable,
-the caller gets :class:`~iceprod_server.errors.Unavailable` (-32005, safe to retry).
+run the unit again, and so does a connection that turns out to be gone before the unit
+reached its commit (once, on a new connection); once the retries or the timeout run out,
+or the database is unreachable, the caller gets :class:`~iceprod_server.errors.Unavailable`
+(-32005, safe to retry).
 
 On SQLite, write units go to the process's one writer thread instead
 (:mod:`iceprod_server.executors.writer`), which commits every unit waiting in one
@@ -38,6 +40,7 @@ T = TypeVar("T")
 # MySQL error numbers worth running the unit again for
 _MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _MYSQL_DOWN = {2002, 2003, 2006, 2013}  # cannot connect, server gone away, lost connection
+_MYSQL_LOST = {2006, 2013}  # a connection that worked is gone
 # the statement ran past max_statement_time (MariaDB) / max_execution_time (MySQL)
 _MYSQL_TOO_LONG = {1969, 3024}
 
@@ -56,14 +59,25 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
     """Run ``fn(session, *args, **kwargs)`` in one transaction, here, in this thread."""
     deadline = time.monotonic() + timeout
     delay = 0.005
+    reconnected = False
     while True:
+        committing = False
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(iceprod_write=write)
                 with Session(bind=conn, expire_on_commit=False) as session:
                     with session.begin():
-                        return fn(session, *args, **kwargs)
+                        result = fn(session, *args, **kwargs)
+                        committing = True
+                    return result
         except (OperationalError, DBAPIError) as e:
+            if not committing and not reconnected and _error_number(e) in _MYSQL_LOST:
+                # the connection was gone (the server closed it): nothing of this unit
+                # was committed, so it runs again once, on a new connection
+                log.info("database connection lost, running %s again on a new one: %s",
+                         getattr(fn, "__name__", "a unit of work"), e.orig)
+                reconnected = True
+                continue
             if e.connection_invalidated or _is_down(e):
                 log.warning("database unavailable: %s", e.orig)
                 raise Unavailable("database unavailable", {"detail": str(e.orig)}) from e

@@ -141,3 +141,29 @@ def test_a_statement_longer_than_db_timeout_is_stopped(tmp_path: Any) -> None:
             assert rpc.call("test_short_statement") == 0
             took = time.monotonic() - started
             assert took < DB_TIMEOUT + SLACK, f"the next call waited {took:.1f} s"
+
+
+def test_connections_dropped_while_idle_are_replaced_unseen(server: Any) -> None:
+    """MariaDB closes connections it considers idle (``wait_timeout``, a restart, a
+    firewall): the next calls after a quiet spell must not fail because of it."""
+    with databases.mariadb_database() as url:
+        srv: ServerProcess = server(url)
+        user = srv.client(srv.deployment.passkey("user", "alice"), retries=0)
+        dataset_id = submit(user, config(task("a")), njobs=3)
+        wait_counts(srv.client(), dataset_id, {"queued": 3})
+        name = url.rsplit("/", 1)[1]
+        for _ in range(2):
+            time.sleep(1.5)  # quiet: every pooled connection is idle
+            ids = [row[0] for row in databases.query(
+                url, "SELECT id FROM information_schema.processlist WHERE db = :db "
+                     "AND id <> CONNECTION_ID()", db=name)]
+            assert ids, "the server holds no connection to its database"
+            with databases.connect(url) as conn:
+                for conn_id in ids:
+                    conn.execute(text(f"KILL CONNECTION {int(conn_id)}"))
+            # each call right after the kill: no -32005, the same answers as before
+            counts = srv.client(retries=0).call(
+                "public_get_number_of_tasks_in_each_state", dataset_id=dataset_id)
+            assert counts == {"queued": 3}
+            assert user.call("public_get_dataset",
+                             dataset_id=dataset_id)["status"] == "processing"

@@ -4,7 +4,16 @@ Each pass expires leases and stale queue entries, returns reset and resumed task
 materialises jobs lazily, releases idle tasks whose dependencies are complete, queues waiting
 tasks by priority, and derives job and dataset status. Every step is a set-based unit of work
 on the ``db`` pool and safe to run from several server processes at once. Passes run every
-``scheduler_interval`` seconds and early when woken by a submission or a completion.
+``scheduler_interval`` seconds and early when woken by a submission or a completion, but
+no sooner than :data:`MIN_GAP` seconds after the previous pass began: under a stream of
+completions the passes then come a few times a second instead of back to back.
+
+Job and dataset status are derived from the tasks whose status changed since the last
+pass. A change can become visible some time after its timestamp (the transaction that
+made it was still running), so every :data:`SWEEP_EVERY` seconds a pass looks
+:data:`SWEEP_LOOKBACK` seconds further back than the previous sweep; the passes between
+look back :data:`SHORT_LOOKBACK` seconds. Changes already derived (the same task with the
+same timestamp) are not derived again.
 """
 
 from __future__ import annotations
@@ -24,6 +33,13 @@ log = logging.getLogger(__name__)
 BATCH = 5000
 # a woken scheduler waits this long so that a burst of completions makes one pass
 DEBOUNCE = 0.05
+# and a woken pass starts at least this long after the previous one started
+MIN_GAP = 0.25
+# how far back each pass looks for task changes, and how often (and how far back) a sweep
+# looks for changes that became visible late
+SHORT_LOOKBACK = 2.0
+SWEEP_EVERY = 10.0
+SWEEP_LOOKBACK = 10.0
 # how far back a new process looks for task changes whose job status it should derive
 LOOKBACK = 3600.0
 
@@ -34,6 +50,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cursor: scheduling.Cursor = (time.time() - LOOKBACK, "")
+        self._sweep_cursor: scheduling.Cursor = self._cursor
+        self._next_sweep = 0.0  # monotonic
+        # task changes derived already: task id -> status_changed
+        self._derived: dict[str, float] = {}
         self.passes = 0
         self._stopping = False
         # monotonic times: when it started, and when a pass last ended well
@@ -70,6 +90,7 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            began = time.monotonic()
             started = time.perf_counter()
             try:
                 summary = await self.run_once()
@@ -86,7 +107,7 @@ class Scheduler:
             try:
                 await asyncio.wait_for(self._wake.wait(),
                                        self.services.config.scheduler_interval)
-                await asyncio.sleep(DEBOUNCE)
+                await asyncio.sleep(max(DEBOUNCE, began + MIN_GAP - time.monotonic()))
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -114,15 +135,34 @@ class Scheduler:
             if n < BATCH:
                 break
         out["queued"] = await db.write(scheduling.queue_waiting, c.queue_depth)
-        out["jobs_status"] = out["datasets_status"] = 0
-        for _ in range(10):
-            jobs_n, ds_n, cursor = await db.write(scheduling.derive_status, self._cursor)
-            out["jobs_status"] += jobs_n
-            out["datasets_status"] += ds_n
-            if cursor is None:
-                # changes made by other processes during this pass are seen next time
-                self._cursor = (pass_start - 10.0, "")
-                break
-            self._cursor = cursor
+        out["jobs_status"], out["datasets_status"] = await self._derive_status(pass_start)
         self.passes += 1
         return out
+
+    async def _derive_status(self, pass_start: float) -> tuple[int, int]:
+        sweep = time.monotonic() >= self._next_sweep
+        cursor: scheduling.Cursor | None = self._sweep_cursor if sweep else self._cursor
+        jobs = datasets = 0
+        for _ in range(10):
+            assert cursor is not None
+            jobs_n, ds_n, cursor, done = await self.services.db.write(
+                scheduling.derive_status, cursor, self._derived)
+            self._derived.update(done)  # once committed
+            jobs += jobs_n
+            datasets += ds_n
+            if cursor is None:
+                break
+        if cursor is None:
+            # changes made by other processes during this pass are seen next time
+            self._cursor = (pass_start - SHORT_LOOKBACK, "")
+            if sweep:
+                self._sweep_cursor = (pass_start - SWEEP_LOOKBACK, "")
+                self._next_sweep = time.monotonic() + SWEEP_EVERY
+        else:
+            self._cursor = cursor  # more next pass
+            if sweep:
+                self._sweep_cursor = cursor
+        if sweep:
+            oldest = min(self._cursor[0], self._sweep_cursor[0])
+            self._derived = {t: ts for t, ts in self._derived.items() if ts >= oldest}
+        return jobs, datasets

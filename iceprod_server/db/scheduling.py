@@ -11,7 +11,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from iceprod_server.db.ids import new_ids
@@ -246,24 +257,36 @@ def _derive(counts: dict[str, int], unmade: int = 0) -> str:
 Cursor = tuple[float, str]
 
 
-def derive_status(s: Session, since: Cursor,
-                  batch: int = 5000) -> tuple[int, int, Cursor | None]:
+_RECENT = (select(Task.job_id, Task.status_changed, Task.task_id)
+           # the first term lets the database seek the index
+           .where(Task.status_changed >= bindparam("b_ts"),
+                  or_(Task.status_changed > bindparam("b_ts"),
+                      and_(Task.status_changed == bindparam("b_ts"),
+                           Task.task_id > bindparam("b_tid"))))
+           .order_by(Task.status_changed, Task.task_id).limit(bindparam("b_limit")))
+
+
+def derive_status(s: Session, since: Cursor, derived: dict[str, float] | None = None,
+                  batch: int = 5000
+                  ) -> tuple[int, int, Cursor | None, list[tuple[str, float]]]:
     """Recompute the status of jobs and datasets whose tasks changed after ``since``, a
     (status_changed, task_id) cursor.
 
-    Returns the jobs and datasets changed, and the cursor to continue from when the batch
-    was full (None when this call saw every change).
+    ``derived`` maps task ids to the status_changed of their changes derived already; those
+    are skipped.
+
+    Returns the jobs and datasets changed, the cursor to continue from when the batch
+    was full (None when this call saw every change), and the (task_id, status_changed)
+    changes derived now.
     """
     ts, tid = since
-    recent = s.execute(select(Task.job_id, Task.status_changed, Task.task_id)
-                       # the first term lets the database seek the index
-                       .where(Task.status_changed >= ts,
-                              or_(Task.status_changed > ts,
-                                  and_(Task.status_changed == ts, Task.task_id > tid)))
-                       .order_by(Task.status_changed, Task.task_id).limit(batch)).all()
-    job_ids = sorted({r.job_id for r in recent})
+    recent = s.connection().execute(_RECENT, {"b_ts": ts, "b_tid": tid,
+                                              "b_limit": batch}).all()
     next_since = ((recent[-1].status_changed, recent[-1].task_id) if len(recent) == batch
                   else None)
+    if derived:
+        recent = [r for r in recent if derived.get(r.task_id) != r.status_changed]
+    job_ids = sorted({r.job_id for r in recent})
     jobs_changed = 0
     dataset_ids: set[str] = set()
     now = time.time()
@@ -283,7 +306,8 @@ def derive_status(s: Session, since: Cursor,
         dataset_ids.update(s.scalars(select(Job.dataset_id).where(Job.job_id.in_(job_ids))
                                      .distinct()))
     datasets_changed = sum(_derive_dataset(s, d, now) for d in sorted(dataset_ids))
-    return jobs_changed, datasets_changed, next_since
+    return (jobs_changed, datasets_changed, next_since,
+            [(r.task_id, r.status_changed) for r in recent])
 
 
 def _derive_dataset(s: Session, dataset_id: str, now: float) -> int:

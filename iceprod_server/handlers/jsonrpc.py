@@ -80,12 +80,12 @@ class _JSONRPCBase(BaseHandler):
         answer = await self.dispatcher.handle_body(body, authenticate, self.remote_ip(),
                                                    self.rpc_methods)
         self.set_status(200)
+        self.set_header("Content-Type", "application/json")
         if answer is None:
             self.finish()
             return
         if len(answer) < COMPRESS_FROM:
             self._transforms = []
-        self.set_header("Content-Type", "application/json")
         self.finish(answer)
 
 

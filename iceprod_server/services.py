@@ -8,9 +8,11 @@ from typing import Any
 
 from iceprod_server.auth import Authenticator
 from iceprod_server.config import Config, ConfigError
+from iceprod_server.db import tasks
 from iceprod_server.db.claims import ClaimBatcher
 from iceprod_server.db.engine import make_engine
 from iceprod_server.executors import Executors
+from iceprod_server.executors.batcher import Batcher
 from iceprod_server.executors.database import Database
 from iceprod_server.gsiftp import GridFTPClient, make_client
 from iceprod_server.live import LiveHub
@@ -57,6 +59,8 @@ class Services:
         self.db = Database(self.engine, self.executors.db, config.db_timeout)
         self.auth = Authenticator(self.db, config.auth_cache_seconds)
         self.claims = ClaimBatcher(self.db.write)
+        self.finishes: Batcher[tasks.FinishRequest, dict[str, Any]] = Batcher(
+            self.db.write, tasks.finish_batch)
         self.requests = InFlight()
         self.live = LiveHub()
         self._wake: Callable[[], None] | None = None

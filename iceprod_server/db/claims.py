@@ -12,7 +12,6 @@ goes to nobody, so the exactly-once guarantee is that of a single claim.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import secrets
@@ -26,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import Dataset, DatasetConfig, Task
 from iceprod_server.db.tasks import Offer, _claim_values, _listed, _requirements, _resources
-from iceprod_server.errors import Unavailable
+from iceprod_server.executors.batcher import Batcher
 
 
 @dataclass(frozen=True)
@@ -173,54 +172,12 @@ def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[list[dict[str,
     return answers
 
 
-class ClaimBatcher:
-    """Gathers the ``new_task`` calls of one process: a call arriving while no group is
-    in the database goes at once; calls arriving meanwhile go together in the next group.
-    ``write`` runs a unit of work (the process's :class:`~iceprod_server.executors.
-    database.Database`)."""
+class ClaimBatcher(Batcher[ClaimRequest, list[dict[str, Any]]]):
+    """Gathers the ``new_task`` calls of one process (see :mod:`iceprod_server.executors.
+    batcher`)."""
 
     def __init__(self, write: Any, max_group: int = 200) -> None:
-        self.write = write
-        self.max_group = max_group
-        self._waiting: list[tuple[ClaimRequest, asyncio.Future[list[dict[str, Any]]]]] = []
-        self._running = False
-        self._task: asyncio.Future[None] | None = None  # held: the loop keeps weak refs
+        super().__init__(write, claim_batch, max_group)
 
     async def claim(self, request: ClaimRequest) -> list[dict[str, Any]]:
-        future: asyncio.Future[list[dict[str, Any]]] = (
-            asyncio.get_running_loop().create_future())
-        self._waiting.append((request, future))
-        if not self._running:
-            self._running = True
-            self._task = asyncio.ensure_future(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._waiting:
-                group = self._waiting[:self.max_group]
-                del self._waiting[:self.max_group]
-                await self._run(group)
-        finally:
-            self._running = False
-
-    async def _run(self, group: list[tuple[ClaimRequest,
-                                           asyncio.Future[list[dict[str, Any]]]]]) -> None:
-        try:
-            answers = await self.write(claim_batch, [r for r, _ in group])
-        except Unavailable as e:  # the database: every caller of the group is told
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(e)
-            return
-        except Exception as e:  # noqa: BLE001 - one caller's claim may be at fault
-            if len(group) > 1:
-                # each alone, so that one caller's failure is not the others'
-                await asyncio.gather(*(self._run([member]) for member in group))
-                return
-            if not group[0][1].done():
-                group[0][1].set_exception(e)
-            return
-        for (_, future), answer in zip(group, answers, strict=True):
-            if not future.done():
-                future.set_result(answer)
+        return await self.submit(request)

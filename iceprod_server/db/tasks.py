@@ -44,7 +44,7 @@ from iceprod_server.db.models import (
     TaskStat,
 )
 from iceprod_server.db.util import changed
-from iceprod_server.errors import Conflict, NotFound
+from iceprod_server.errors import Conflict, IceProdError, NotFound
 from iceprod_server.requirements import os_from_column
 
 # a resource overuse makes the requirement grow by this factor on the next attempt
@@ -229,6 +229,30 @@ def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
     if task.status == "complete" and _check_holder(task, claimant, attempt):
         return {"task_id": task_id, "status": "complete", "repeated": True}
     raise _conflict(task, "task is not processing under this claim")
+
+
+@dataclass(frozen=True)
+class FinishRequest:
+    """One ``finish_task`` call, for :func:`finish_batch`."""
+
+    task_id: str
+    claimant: str
+    stats: dict[str, Any]
+    attempt: int | None = None
+
+
+def finish_batch(s: Session, requests: list[FinishRequest]
+                 ) -> list[dict[str, Any] | IceProdError]:
+    """:func:`finish_task` for each request, in one transaction: the ``finish_task`` calls
+    that arrive together are committed together. A refusal (-32004, -32003) answers only
+    its own caller; it changed nothing."""
+    answers: list[dict[str, Any] | IceProdError] = []
+    for r in requests:
+        try:
+            answers.append(finish_task(s, r.task_id, r.claimant, r.stats, r.attempt))
+        except (Conflict, NotFound) as e:
+            answers.append(e)
+    return answers
 
 
 _ATTEMPT = bindparam("b_attempt", type_=Integer)

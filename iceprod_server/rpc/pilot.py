@@ -128,8 +128,8 @@ async def finish_task(ctx: Context, task_id: Id, stats: dict[str, Any] | None = 
     """The caller's attempt succeeded: processing -> complete, with a task_stat row
     (hostname, time_used, resources and whatever else ``stats`` holds). A repeat by the
     same claim succeeds and changes nothing; any other caller gets -32004."""
-    result = await ctx.services.db.write(task_db.finish_task, task_id, _claimant(ctx),
-                                         stats or {}, attempt)
+    result = await ctx.services.finishes.submit(
+        task_db.FinishRequest(task_id, _claimant(ctx), stats or {}, attempt))
     if not result["repeated"]:
         metrics.COMPLETIONS.inc()
         ctx.services.wake_scheduler()  # the job's next task may now be released

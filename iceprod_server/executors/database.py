@@ -41,6 +41,9 @@ T = TypeVar("T")
 _MYSQL_RETRY = {1205, 1213}  # lock wait timeout, deadlock
 _MYSQL_DOWN = {2002, 2003, 2006, 2013}  # cannot connect, server gone away, lost connection
 _MYSQL_LOST = {2006, 2013}  # a connection that worked is gone
+# a unit whose connection was found gone within this many seconds runs again (the read
+# timeout is at least a second, so a timed-out unit never does)
+_LOST_AT_ONCE = 0.5
 # the statement ran past max_statement_time (MariaDB) / max_execution_time (MySQL)
 _MYSQL_TOO_LONG = {1969, 3024}
 
@@ -62,6 +65,7 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
     reconnected = False
     while True:
         committing = False
+        attempt_started = time.monotonic()
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(iceprod_write=write)
@@ -71,9 +75,12 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
                         committing = True
                     return result
         except (OperationalError, DBAPIError) as e:
-            if not committing and not reconnected and _error_number(e) in _MYSQL_LOST:
-                # the connection was gone (the server closed it): nothing of this unit
-                # was committed, so it runs again once, on a new connection
+            if (not committing and not reconnected and _error_number(e) in _MYSQL_LOST
+                    and time.monotonic() - attempt_started < _LOST_AT_ONCE):
+                # the connection was gone (the server had closed it): nothing of this unit
+                # was committed, so it runs again once, on a new connection. A connection
+                # lost after a wait (a read timeout: a frozen database, a statement run
+                # too long) is not: the unit would wait as long again.
                 log.info("database connection lost, running %s again on a new one: %s",
                          getattr(fn, "__name__", "a unit of work"), e.orig)
                 reconnected = True

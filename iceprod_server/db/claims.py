@@ -5,7 +5,8 @@ While one group of claims is in the database, the calls that arrive meanwhile wa
 offer one ``SELECT`` of the best fitting queued tasks, ``LIMIT`` the sum of what the
 callers may take (``FOR UPDATE SKIP LOCKED`` on MariaDB), split among the callers in
 arrival order, the best task to the earliest caller, then one conditional ``UPDATE``
-(``status = 'queued'``, run for each task with its caller's token) and one ``SELECT`` of
+(``status = 'queued'``; on SQLite run for each task with its caller's token, on MariaDB
+one statement for the batch, the callers' values chosen by task id) and one ``SELECT`` of
 what was claimed. A task the conditional update did not change (another process took it)
 goes to nobody, so the exactly-once guarantee is that of a single claim.
 """
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, or_, select, update
+from sqlalchemy import Integer, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import Dataset, DatasetConfig, Task
@@ -165,11 +166,31 @@ def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[list[dict[str,
     answers: list[list[dict[str, Any]]] = [[] for _ in requests]
     if not claims:
         return answers
-    conn.execute(_CLAIM_ONE, claims)
+    _claim(conn, claims, now)
     index = {token: i for i, token in enumerate(tokens)}
     for row in conn.execute(_CLAIMED, {"b_tokens": [c["b_token"] for c in claims]}):
         answers[index[row.claim]].append(_description(row))
     return answers
+
+
+def _claim(conn: Any, claims: list[dict[str, Any]], now: float) -> None:
+    """The conditional UPDATE of a batch. SQLite runs the one prepared statement for each
+    task (a loop in C, no round trips); on MariaDB that would be a round trip per task, so
+    the batch is one statement whose per-caller values are CASE expressions on the task
+    id. Either way a task that is no longer queued is left alone, and only the tasks that
+    carry a caller's token are that caller's."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(_CLAIM_ONE, claims)
+        return
+
+    def per_task(key: str) -> Any:
+        return case({c["b_id"]: c[key] for c in claims}, value=Task.task_id)
+
+    conn.execute(
+        update(Task)
+        .where(Task.task_id.in_([c["b_id"] for c in claims]), Task.status == "queued")
+        .ordered_values(*_claim_values(now, per_task("b_token"), per_task("b_claimant"),
+                                       per_task("b_lease"))))
 
 
 class ClaimBatcher(Batcher[ClaimRequest, list[dict[str, Any]]]):

@@ -80,3 +80,46 @@ def test_concurrent_finishes_are_grouped_and_answered_one_by_one(
         1 for i in range(PILOTS) if i % 10 == 0)
     assert calls == PILOTS + extra
     assert groups < calls, f"{calls} calls in {groups} groups: none were grouped"
+
+
+def test_one_group_judges_each_call_against_the_ones_before(deployment: Deployment) -> None:
+    """A group holding the same finish twice, another pilot's finish of a task and a task
+    that does not exist: the first finish counts, its repeat is a repeat, the others are
+    refused, and only one stat row is written."""
+    from iceprod_server.db import tasks
+    from iceprod_server.errors import Conflict, NotFound
+
+    user_key = deployment.passkey("user", "alice")
+    pilot_key = deployment.passkey("pilot")
+    with in_process_server(deployment.data_dir, scheduler=True) as server:
+        owner = IceProdClient(server.url, passkey=user_key)
+        dataset_id = submit(owner, config(task("a")), njobs=2)
+        wait_counts(owner, dataset_id, {"queued": 2})
+        first = IceProdClient(server.url, passkey=pilot_key, pilot_ref="first")
+        other = IceProdClient(server.url, passkey=pilot_key, pilot_ref="other")
+        mine = claim_one(first)["options"]["task_id"]
+        theirs = claim_one(other)["options"]["task_id"]
+        assert server.services is not None
+        key_id = databases.scalar(deployment.db_url, "SELECT claimed_by FROM tasks "
+                                  "WHERE task_id = :t", t=mine)
+        their_id = databases.scalar(deployment.db_url, "SELECT claimed_by FROM tasks "
+                                    "WHERE task_id = :t", t=theirs)
+        group = [tasks.FinishRequest(mine, key_id, {"time_used": 1.0}),
+                 tasks.FinishRequest(mine, key_id, {"time_used": 2.0}),
+                 tasks.FinishRequest(theirs, key_id, {}),
+                 tasks.FinishRequest("no-such-task", key_id, {}),
+                 tasks.FinishRequest(mine, key_id, {}, attempt=7)]
+        answers = server.run(server.services.db.write(tasks.finish_batch, group))
+        still = other.call("stillrunning", task_id=theirs)
+    assert answers[0] == {"task_id": mine, "status": "complete", "repeated": False}
+    assert answers[1] == {"task_id": mine, "status": "complete", "repeated": True}
+    assert isinstance(answers[2], Conflict) and answers[2].data["status"] == "processing"
+    assert isinstance(answers[3], NotFound)
+    assert isinstance(answers[4], Conflict)  # an attempt that is not the task's
+    assert key_id != their_id and still is True
+    assert databases.scalar(deployment.db_url, "SELECT COUNT(*) FROM task_stats "
+                            "WHERE task_id = :t", t=mine) == 1
+    assert databases.scalar(deployment.db_url, "SELECT time_used FROM task_stats "
+                            "WHERE task_id = :t", t=mine) == 1.0
+    assert databases.scalar(deployment.db_url, "SELECT status FROM tasks "
+                            "WHERE task_id = :t", t=theirs) == "processing"

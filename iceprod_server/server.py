@@ -27,6 +27,12 @@ from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
 
+# a stopping server closes its connections once no request is in flight and none began for
+# this long: a proxy's idle keep-alive connections are used up by then (each request
+# answered while stopping carries Connection: close), so closing them cuts no request
+# that is already on its way
+DRAIN_QUIET = 0.5
+
 
 async def serve(config: Config, ready: asyncio.Event | None = None,
                 sockets: list[socket.socket] | None = None,
@@ -94,7 +100,8 @@ async def _drain(config: Config, services: Services, server: tornado.httpserver.
     server.stop()
     requests.draining = True
     services.live.close()  # event streams never end by themselves; browsers reconnect
-    drained, _ = await asyncio.gather(requests.wait_idle(grace), scheduler.stop(grace))
+    drained, _ = await asyncio.gather(requests.wait_idle(grace, DRAIN_QUIET),
+                                      scheduler.stop(grace))
     if site_link is not None:
         await site_link.stop()  # its outbox stays in the database for the next start
     if drained:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,11 +27,13 @@ class InFlight:
         self.count = 0
         # set when the server stops accepting: answers then close their connections
         self.draining = False
+        self.last_start = 0.0  # monotonic time at which the latest request began
         self._idle = asyncio.Event()
         self._idle.set()
 
     def enter(self) -> None:
         self.count += 1
+        self.last_start = time.monotonic()
         self._idle.clear()
 
     def leave(self) -> None:
@@ -39,13 +42,19 @@ class InFlight:
             self.count = 0
             self._idle.set()
 
-    async def wait_idle(self, timeout: float) -> bool:
-        """True once no request is in flight; False if some still are after ``timeout``."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def wait_idle(self, timeout: float, quiet: float = 0.0) -> bool:
+        """True once no request is in flight and none began for ``quiet`` seconds (or
+        the time is up with none in flight); False if some still are after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return False
+            wait = min(self.last_start + quiet, deadline) - time.monotonic()
+            if wait <= 0:
+                return True
+            await asyncio.sleep(wait)
 
 
 class Services:

@@ -22,14 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
-    Double,
-    Integer,
-    String,
     bindparam,
     insert,
-    literal,
-    or_,
     select,
     update,
 )
@@ -37,7 +31,6 @@ from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
-    JsonCol,
     Pilot,
     Task,
     TaskLog,
@@ -207,30 +200,6 @@ def still_running(s: Session, task_id: str, claimant: str, lease_seconds: float,
     raise _conflict(task, "task is not claimed by the caller")
 
 
-def finish_task(s: Session, task_id: str, claimant: str, stats: dict[str, Any],
-                attempt: int | None = None) -> dict[str, Any]:
-    """processing -> complete for the caller's claim; a repeat by the same claim is a no-op.
-
-    The common case is two statements: the conditional UPDATE names the claimant (and the
-    attempt, when given), and the stat row is copied from the task by INSERT ... SELECT.
-    Only when the UPDATE changes nothing is the task read, to tell a repeat from a refusal.
-    """
-    now = time.time()
-    conn = s.connection()
-    rows = conn.execute(_FINISH, {"b_task_id": task_id, "b_claimant": claimant,
-                                  "b_attempt": attempt, "b_now": now}).rowcount
-    if rows == 1:
-        time_used, hostname = _stat_fields(stats)
-        conn.execute(_FINISH_STAT, {"b_task_id": task_id, "b_now": now,
-                                    "b_hostname": hostname, "b_time_used": time_used,
-                                    "b_stats": stats})
-        return {"task_id": task_id, "status": "complete", "repeated": False}
-    task = _held(s, task_id)
-    if task.status == "complete" and _check_holder(task, claimant, attempt):
-        return {"task_id": task_id, "status": "complete", "repeated": True}
-    raise _conflict(task, "task is not processing under this claim")
-
-
 @dataclass(frozen=True)
 class FinishRequest:
     """One ``finish_task`` call, for :func:`finish_batch`."""
@@ -297,25 +266,6 @@ _FINISH_MANY = (
     .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None,
             reported_attempt=Task.attempt, reported_at=bindparam("b_now"))
 )
-
-
-_ATTEMPT = bindparam("b_attempt", type_=Integer)
-_FINISH = (
-    update(Task)
-    .where(Task.task_id == bindparam("b_task_id"), Task.status == "processing",
-           Task.claimed_by == bindparam("b_claimant"),
-           or_(_ATTEMPT.is_(None), Task.attempt == _ATTEMPT))
-    .values(status="complete", status_changed=bindparam("b_now"), lease_expires=None,
-            reported_attempt=Task.attempt, reported_at=bindparam("b_now"))
-)
-_FINISH_STAT = insert(TaskStat).from_select(
-    ["task_id", "dataset_id", "attempt", "created", "error", "hostname", "time_used",
-     "stats"],
-    select(Task.task_id, Task.dataset_id, Task.attempt,
-           bindparam("b_now", type_=Double), literal(False, Boolean),
-           bindparam("b_hostname", type_=String), bindparam("b_time_used", type_=Double),
-           bindparam("b_stats", type_=JsonCol))
-    .where(Task.task_id == bindparam("b_task_id")))
 
 
 def _stat_fields(stats: dict[str, Any]) -> tuple[float | None, str]:

@@ -10,10 +10,10 @@ import asyncio
 import dataclasses
 import time
 
+from iceprod_server.caller import ANONYMOUS, Caller
 from iceprod_server.db import users
 from iceprod_server.errors import NotAuthenticated
 from iceprod_server.executors.database import Database
-from iceprod_server.rpc.context import ANONYMOUS, Caller
 
 
 class Authenticator:

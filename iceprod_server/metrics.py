@@ -13,10 +13,8 @@ scrape asks for them (one cheap read).
 
 from __future__ import annotations
 
-import asyncio
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,8 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
-if TYPE_CHECKING:
-    from iceprod_server.services import Services
+from iceprod_server.states import TASK_STATES
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 SAMPLE_SECONDS = 1.0
@@ -106,34 +103,7 @@ def observe_http(handler: str, method: str, status: int, seconds: float) -> None
     series[1].observe(seconds)
 
 
-def _busy_and_queued(pool: ThreadPoolExecutor) -> tuple[int, int]:
-    # the pool's own counters: not public, but stable across Python 3 versions
-    queued = pool._work_queue.qsize()
-    idle = pool._idle_semaphore._value
-    return max(0, len(pool._threads) - idle), queued
-
-
-def sample(services: Services) -> None:
-    """Set the gauges that describe this moment in this process."""
-    for name in ("db", "fs", "gsiftp"):
-        pool = getattr(services.executors, name, None)
-        if isinstance(pool, ThreadPoolExecutor):
-            busy, queued = _busy_and_queued(pool)
-            EXECUTOR_BUSY.labels(pool=name).set(busy)
-            EXECUTOR_QUEUE.labels(pool=name).set(queued)
-    LIVE_VIEWERS.set(sum(len(b.subscribers) for b in services.live.topics.values()))
-
-
-async def sampler(services: Services) -> None:
-    """Sample the gauges of this process until cancelled."""
-    while True:
-        sample(services)
-        await asyncio.sleep(SAMPLE_SECONDS)
-
-
 def set_task_counts(counts: dict[str, int]) -> None:
-    from iceprod_server.handlers.pages_site import TASK_STATES
-
     for status in (*TASK_STATES, *counts):
         TASKS.labels(status=status).set(counts.get(status, 0))
 

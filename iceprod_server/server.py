@@ -13,13 +13,13 @@ from collections.abc import Callable
 
 import tornado.httpserver
 
-from iceprod_server import metrics
 from iceprod_server.app import make_app
 from iceprod_server.config import Config, safe_db_url
 from iceprod_server.db import sync_master
 from iceprod_server.db.migrate import check_schema
 from iceprod_server.federation import link
 from iceprod_server.handlers import jsonrpc
+from iceprod_server.handlers import metrics as metrics_handler
 from iceprod_server.httpguard import http_server
 from iceprod_server.reload import reload_config
 from iceprod_server.scheduler import Scheduler
@@ -59,7 +59,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None,
         services.scheduler_passes = lambda: scheduler.passes
         services.scheduler_age = scheduler.age
         scheduler.start()
-        sampler = asyncio.create_task(metrics.sampler(services), name="metrics sampler")
+        sampler = asyncio.create_task(metrics_handler.sampler(services), name="metrics sampler")
         site_link = None
         if config.site_master:
             site_link = link.SiteLink(services)

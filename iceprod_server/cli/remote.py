@@ -10,9 +10,7 @@ from typing import Any
 
 from iceprod_server.cli.common import EXIT_USAGE, CLIError, table
 from iceprod_server.client import IceProdClient, RPCError
-
-TASK_STATES = ("idle", "waiting", "queued", "processing", "reset", "resume", "suspended",
-               "failed", "complete")
+from iceprod_server.states import TASK_STATES_SHOWN
 
 
 def _client(args: argparse.Namespace, retry_sent: bool = True) -> IceProdClient:
@@ -107,15 +105,15 @@ def _all_status(client: IceProdClient) -> None:
                              dataset_id=d["dataset_id"])
         rows.append([d["dataset_id"], d.get("dataset_num", ""), d.get("status", ""),
                      _clip(d.get("description", ""), 40),
-                     *(counts.get(s, 0) for s in TASK_STATES)])
-    print(table(["dataset id", "number", "status", "description", *TASK_STATES], rows))
+                     *(counts.get(s, 0) for s in TASK_STATES_SHOWN)])
+    print(table(["dataset id", "number", "status", "description", *TASK_STATES_SHOWN], rows))
 
 
 def _dataset_status(client: IceProdClient, dataset_id: str) -> None:
     counts = client.call("public_get_number_of_tasks_in_each_state", dataset_id=dataset_id)
     by_name = client.call("public_get_number_of_tasks_by_name", dataset_id=dataset_id)
-    states = [s for s in TASK_STATES if counts.get(s)] or ["complete"]
-    states += sorted(set(counts) - set(TASK_STATES))
+    states = [s for s in TASK_STATES_SHOWN if counts.get(s)] or ["complete"]
+    states += sorted(set(counts) - set(TASK_STATES_SHOWN))
     print(table(["status", "tasks"], [[s, counts.get(s, 0)] for s in states]
                  + [["total", sum(counts.values())]]))
     if by_name:

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from iceprod_server.db import audit
 from iceprod_server.db.audit import Actor
-from iceprod_server.db.models import JOB_STATES, TASK_STATES, Dataset, Job, Task, TaskDef
+from iceprod_server.db.models import Dataset, Job, Task, TaskDef
 from iceprod_server.db.util import changed
 from iceprod_server.errors import Forbidden, InvalidParams, NotFound
+from iceprod_server.states import JOB_STATES, TASK_STATES
 
 BATCH = 1000
 # states a task leaves only by running or by a human action

@@ -23,7 +23,6 @@ from iceprod_server.db.audit import Actor
 from iceprod_server.db.bulk import LIVE, move_jobs, move_tasks
 from iceprod_server.db.ids import new_id
 from iceprod_server.db.models import (
-    TASK_STATES,
     Dataset,
     DatasetConfig,
     Group,
@@ -36,6 +35,7 @@ from iceprod_server.db.scheduling import effective_priority
 from iceprod_server.db.util import changed
 from iceprod_server.errors import Conflict, Forbidden, InvalidParams, NotFound
 from iceprod_server.requirements import os_column
+from iceprod_server.states import TASK_STATES
 
 MAX_NJOBS = 100_000_000
 MAX_DESCRIPTION = 16_000

@@ -29,19 +29,6 @@ ID = String(32)
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 JsonCol = JSON()
 
-DATASET_STATES = ("processing", "suspended", "truncated", "errors", "complete")
-JOB_STATES = ("processing", "suspended", "errors", "complete")
-TASK_STATES = (
-    "idle",
-    "waiting",
-    "queued",
-    "processing",
-    "complete",
-    "suspended",
-    "failed",
-    "reset",
-    "resume",
-)
 ROLES = ("pilot", "user", "admin")
 
 

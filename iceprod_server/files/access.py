@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from iceprod_server.rpc.context import Caller
+from iceprod_server.caller import Caller
 
 
 def rule_for(access: Mapping[str, str], relpath: str) -> str:

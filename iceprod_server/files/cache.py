@@ -98,6 +98,12 @@ class Cache:
         self._used += entry.size - (old.size if old else 0)
         self._entries[entry.key] = entry
 
+    def running(self, fill: Fill, alive: bool) -> None:
+        if alive:
+            self._running.add(fill)
+        else:
+            self._running.discard(fill)
+
     def forget(self, fill: Fill) -> None:
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]

@@ -11,15 +11,12 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from iceprod_server import metrics
 from iceprod_server.files import cache_store as store
 from iceprod_server.files.cache_store import Entry
 from iceprod_server.files.fetch import OnChunk, OnStart, SourceError
-
-if TYPE_CHECKING:
-    from iceprod_server.files.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +43,34 @@ class Reader(Protocol):
         """Pass ``chunk`` on; an awaitable when the caller should be waited for."""
 
 
+class Owner(Protocol):
+    """The cache, as a fill sees it: where entries live, and the room they may take."""
+
+    root: Path
+    reserve_bytes: int
+    run_fs: Callable[..., Awaitable[Any]]
+
+    async def open_entry(self, key: str, keep_open: bool) -> tuple[Entry, int] | None: ...
+
+    def add(self, entry: Entry) -> None: ...
+
+    def forget(self, fill: Fill) -> None:
+        """Later callers of the fill's URL start a fill of their own."""
+
+    def running(self, fill: Fill, alive: bool) -> None:
+        """The fill's task began (True) or ended (False)."""
+
+    async def make_room(self, fill: Fill, n: int) -> bool: ...
+
+    def release(self, fill: Fill) -> None: ...
+
+    async def disk_free(self) -> int: ...
+
+
 class Fill:
     """One fetch of a URL into the cache, shared by every caller that asks meanwhile."""
 
-    def __init__(self, cache: Cache, key: str, url: str, source: Source) -> None:
+    def __init__(self, cache: Owner, key: str, url: str, source: Source) -> None:
         self.cache = cache
         self.key = key
         self.url = url
@@ -78,7 +99,7 @@ class Fill:
         self._task: asyncio.Future[None] | None = None
 
     def begin(self) -> None:
-        self.cache._running.add(self)
+        self.cache.running(self, True)
         self._task = asyncio.ensure_future(self._run())
 
     def _notify(self) -> None:
@@ -167,7 +188,7 @@ class Fill:
                 raise
         finally:
             self.cache.forget(self)
-            self.cache._running.discard(self)
+            self.cache.running(self, False)
             self._notify()
             await self._close_reader_fd()
 

@@ -17,11 +17,11 @@ import tornado.httputil
 import tornado.web
 
 from iceprod_server import log_format
+from iceprod_server.caller import ANONYMOUS, Caller
 from iceprod_server.db import users
 from iceprod_server.errors import NotAuthenticated, Unavailable
 from iceprod_server.files import access
 from iceprod_server.handlers.peer import Peer, peer_address
-from iceprod_server.rpc.context import ANONYMOUS, Caller
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)

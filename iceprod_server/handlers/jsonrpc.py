@@ -34,11 +34,11 @@ from tornado.httputil import HTTPServerRequest
 from tornado.routing import PathMatches, Rule
 
 from iceprod_server import log_format
+from iceprod_server.caller import Caller
 from iceprod_server.handlers.access import record_request
 from iceprod_server.handlers.base import BaseHandler, close_after_answer
 from iceprod_server.handlers.peer import Peer, peer_address
 from iceprod_server.httpguard import Shortcut
-from iceprod_server.rpc.context import Caller
 from iceprod_server.rpc.dispatcher import Dispatcher
 from iceprod_server.services import Services
 

@@ -3,7 +3,9 @@ addresses (by default the machine itself, where a Prometheus agent usually runs)
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from concurrent.futures import ThreadPoolExecutor
 
 import tornado.web
 
@@ -11,6 +13,7 @@ from iceprod_server import metrics
 from iceprod_server.db import reads
 from iceprod_server.errors import IceProdError
 from iceprod_server.handlers.base import BaseHandler
+from iceprod_server.services import Services
 
 
 def allowed_address(address: str, networks: tuple[str, ...]) -> bool:
@@ -19,6 +22,31 @@ def allowed_address(address: str, networks: tuple[str, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _busy_and_queued(pool: ThreadPoolExecutor) -> tuple[int, int]:
+    # the pool's own counters: not public, but stable across Python 3 versions
+    queued = pool._work_queue.qsize()
+    idle = pool._idle_semaphore._value
+    return max(0, len(pool._threads) - idle), queued
+
+
+def sample(services: Services) -> None:
+    """Set the gauges that describe this moment in this process."""
+    for name in ("db", "fs", "gsiftp"):
+        pool = getattr(services.executors, name, None)
+        if isinstance(pool, ThreadPoolExecutor):
+            busy, queued = _busy_and_queued(pool)
+            metrics.EXECUTOR_BUSY.labels(pool=name).set(busy)
+            metrics.EXECUTOR_QUEUE.labels(pool=name).set(queued)
+    metrics.LIVE_VIEWERS.set(sum(len(b.subscribers) for b in services.live.topics.values()))
+
+
+async def sampler(services: Services) -> None:
+    """Sample the gauges of this process until cancelled."""
+    while True:
+        sample(services)
+        await asyncio.sleep(metrics.SAMPLE_SECONDS)
 
 
 class MetricsHandler(BaseHandler):
@@ -36,7 +64,7 @@ class MetricsHandler(BaseHandler):
             counts = None  # the database is away: the rest of the metrics still help
         if counts is not None:
             metrics.set_task_counts(counts)
-        metrics.sample(self.services)
+        sample(self.services)
         # several workers' figures are read from files: on the fs pool, not the loop
         body, content_type = await self.services.run_fs(metrics.exposition)
         self.set_header("Content-Type", content_type)

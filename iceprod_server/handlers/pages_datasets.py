@@ -17,10 +17,10 @@ import tornado.escape
 import tornado.web
 
 from iceprod_server.db import page_reads, reads
-from iceprod_server.db.models import DATASET_STATES, JOB_STATES, TASK_STATES
 from iceprod_server.errors import InvalidParams, NotFound, Unavailable
 from iceprod_server.handlers import logs
 from iceprod_server.handlers.base import PageHandler
+from iceprod_server.states import DATASET_STATES, JOB_STATES, TASK_STATES
 
 # the order of the states in progress bars, counts tables and legends: done work first
 STATE_ORDER = ("complete", "processing", "queued", "waiting", "idle", "reset", "resume",

@@ -21,12 +21,10 @@ from iceprod_server.db import sync_master, users
 from iceprod_server.examples import EXAMPLE_NAME, list_examples, read_example
 from iceprod_server.federation import link
 from iceprod_server.handlers.base import AdminPageHandler, BaseHandler, PageHandler
+from iceprod_server.states import DATASET_STATES, TASK_STATES_SHOWN
 
 log = logging.getLogger(__name__)
 
-TASK_STATES = ("idle", "waiting", "queued", "processing", "reset", "resume", "suspended",
-               "failed", "complete")
-DATASET_STATES = ("processing", "suspended", "truncated", "errors", "complete")
 
 def ordered(counts: dict[str, int], order: tuple[str, ...]) -> list[tuple[str, int]]:
     """``counts`` as (state, n) pairs in the usual order of states, unknown states last."""
@@ -70,7 +68,7 @@ class OverviewHandler(PageHandler):
     async def get(self) -> None:
         snapshot = await self.services.db.read(live.overview_snapshot)
         site_link = link.current.status() if link.current is not None else None
-        self.render("overview.html", snapshot=snapshot, task_states=TASK_STATES,
+        self.render("overview.html", snapshot=snapshot, task_states=TASK_STATES_SHOWN,
                     dataset_states=DATASET_STATES, ordered=ordered, every=every,
                     percent=percent, site_link=site_link, when=when)
 

@@ -11,9 +11,9 @@ from typing import Any
 from tornado.httputil import HTTPHeaders
 
 from iceprod_server.auth import Authenticator
+from iceprod_server.caller import Caller
 from iceprod_server.config import Config
 from iceprod_server.errors import NotAuthenticated
-from iceprod_server.rpc.context import Caller
 
 # the Authorization schemes the server accepts
 AUTH_SCHEMES = ("Bearer",)

@@ -20,9 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from iceprod_server import errors, log_format, metrics
+from iceprod_server.caller import Caller
 from iceprod_server.errors import IceProdError
 from iceprod_server.rpc import jsonclass, values
-from iceprod_server.rpc.context import Caller, Context
+from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import REGISTRY, bind
 
 log = logging.getLogger(__name__)

@@ -101,7 +101,7 @@ def test_a_refused_db_url_is_printed_without_its_password(tmp_path: Path, sqlite
     assert "TopSecret99" not in init.stdout + init.stderr, init.stdout + init.stderr
 
 
-def _downgrade_to_base(url: str) -> None:
+def _downgrade_to_base(url: str, target: str = "base") -> None:
     from alembic import command
 
     from iceprod_server.db.engine import make_engine
@@ -110,9 +110,28 @@ def _downgrade_to_base(url: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "base")
+            command.downgrade(alembic_config(conn), target)
     finally:
         engine.dispose()
+
+
+def test_migrate_check_tells_a_schema_change_apart_and_changes_nothing(
+        tmp_path: Path, db_url: str) -> None:
+    from iceprod_server.db.migrate import head_revision
+
+    dep = Deployment.init(tmp_path / "data", db_url)
+    same = dep.cli("migrate", "--check")
+    assert same.returncode == 0, same.stderr
+    assert "no migration" in same.stdout, same.stdout
+    _downgrade_to_base(db_url, "-1")
+    for _ in range(2):  # the first check changed nothing: the second says the same
+        outdated = dep.cli("migrate", "--check", check=False)
+        assert outdated.returncode == 2, outdated.stdout + outdated.stderr
+        assert f"this version needs {head_revision()}" in outdated.stderr, outdated.stderr
+        assert "stop every server" in outdated.stderr, outdated.stderr
+    _serve_fails(dep)
+    assert dep.cli("migrate").returncode == 0
+    assert dep.cli("migrate", "--check").returncode == 0
 
 
 @pytest.mark.parametrize("state", ["empty", "outdated"])

@@ -159,6 +159,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     from iceprod_server.db.migrate import upgrade_with_report
 
     config = _config(args)
+    if args.check:
+        _check_migration(config, args.data_dir)
+        return
     try:
         before, after = upgrade_with_report(config.database_url)
     except Exception as e:
@@ -167,6 +170,24 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         print(f"database schema already at {after} (nothing to do)")
     else:
         print(f"database schema {before or 'empty'} -> {after}")
+
+
+def _check_migration(config: Config, data_dir: str) -> None:
+    """Say whether this version needs a schema change, changing nothing: an upgrade without
+    one may restart the servers one at a time; one with a change needs them all stopped."""
+    from iceprod_server.db.migrate import current_revision, head_revision
+
+    current = _run(config, lambda s: current_revision(s.connection()), check=False,
+                   write=False)
+    head = head_revision()
+    if current == head:
+        print(f"database schema at {head}, as this version needs: no migration (servers "
+              "of this version may replace running ones one at a time)")
+        return
+    raise CLIError(f"database schema at {current or 'none'}, this version needs {head}: "
+                   "stop every server, back up, then run "
+                   f"`{PROG} migrate --data-dir {data_dir}` and start them",
+                   code=EXIT_USAGE)
 
 
 def _safe_url(url: str) -> str:

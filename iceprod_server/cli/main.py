@@ -115,8 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", formatter_class=fmt, help="upgrade the database schema",
                        description="Bring the database schema to this version's revision.",
-                       epilog=_examples(f"{PROG} migrate --data-dir var"))
+                       epilog=_examples(f"""
+                           {PROG} migrate --data-dir var
+                           {PROG} migrate --check --data-dir var  # exit 2: a schema change"""))
     _data_dir(p)
+    p.add_argument("--check", action="store_true",
+                   help="change nothing: exit 0 if the schema is already this version's, "
+                        "2 (naming both revisions) if this version needs a migration")
     p.set_defaults(func=local.cmd_migrate)
 
     p = sub.add_parser("add-user", formatter_class=fmt, help="create a user account",

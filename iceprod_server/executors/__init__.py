@@ -1,8 +1,9 @@
 """Named thread pools for blocking work, and the database runner built on them.
 
 Nothing blocking runs on the event loop: database units of work go through
-:class:`Database` on the ``db`` pool and filesystem work through :class:`FileSystem` on the
-``fs`` pool, each awaited by the coroutine that needs it.
+:class:`~iceprod_server.executors.database.Database` (the ``db`` pool, and on SQLite the
+writer thread of :mod:`~iceprod_server.executors.writer`), and filesystem work through
+``Services.run_fs`` on the ``fs`` pool, each awaited by the coroutine that needs it.
 """
 
 from __future__ import annotations

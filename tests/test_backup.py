@@ -13,16 +13,18 @@ from typing import Any
 import pytest
 
 from tests.support.databases import backend_of, scalar, throwaway_database
-from tests.support.datasets import config, offer, submit, wait_counts
+from tests.support.datasets import config, offer, submit, wait_counts, wait_until
 from tests.support.servers import CommandFailed, Deployment, iceprod_server
 
 # more tasks than the pilots can finish while the backup runs: they never run out of work
 NJOBS = 20000
 PILOTS = 4
 # the database grows to this size from the logs of an earlier dataset, uploaded by pilots
-# as they would be: three logs per task, each kept in the database (under log_inline_max)
+# as they would be: three logs per task, each kept in the database (a server that keeps
+# logs of up to 1 MiB inline)
 DATABASE_BYTES = 200 * 1024 * 1024
-LOG_BYTES = 240 * 1024
+LOG_INLINE_MAX = 1024 * 1024
+LOG_BYTES = 1000 * 1024
 LOGS_PER_TASK = 3
 HISTORY_JOBS = -(-DATABASE_BYTES // (LOG_BYTES * LOGS_PER_TASK))
 UPLOADERS = 8
@@ -80,22 +82,28 @@ class Load:
         self.clients = [IceProdClient(url, passkey=key, pilot_ref=f"p{i}")
                         for i in range(PILOTS)]
         self.acked: list[str] = []
+        self.errors: list[BaseException] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.pilot, args=(c,)) for c in self.clients]
 
     def pilot(self, client: Any) -> None:
-        while not self.stop.is_set():
-            tasks = client.call("new_task", **offer(cpu=1))
-            if not tasks:
-                time.sleep(0.05)
-            for desc in tasks:
-                opts = desc["options"]
-                client.call("stillrunning", task_id=opts["task_id"], attempt=opts["attempt"])
-                client.call("finish_task", task_id=opts["task_id"], attempt=opts["attempt"],
-                            stats={"time_used": 0.1})
-                with self.lock:
-                    self.acked.append(opts["task_id"])
+        try:
+            while not self.stop.is_set():
+                tasks = client.call("new_task", **offer(cpu=1))
+                if not tasks:
+                    time.sleep(0.05)
+                for desc in tasks:
+                    opts = desc["options"]
+                    client.call("stillrunning", task_id=opts["task_id"],
+                                attempt=opts["attempt"])
+                    client.call("finish_task", task_id=opts["task_id"],
+                                attempt=opts["attempt"], stats={"time_used": 0.1})
+                    with self.lock:
+                        self.acked.append(opts["task_id"])
+        except BaseException as e:  # shown by the test
+            with self.lock:
+                self.errors.append(e)
 
     def snapshot(self) -> set[str]:
         with self.lock:
@@ -117,7 +125,7 @@ LOG_SUM = "SELECT SUM(size) FROM task_logs WHERE data IS NOT NULL"
 
 def test_backup_of_a_large_database_under_load_restores_every_acknowledged_finish(
         server: Any, db_url: str, tmp_path: Path) -> None:
-    srv = server(db_url)
+    srv = server(db_url, env={"ICEPROD_LOG_INLINE_MAX": str(LOG_INLINE_MAX)})
     user = srv.client(srv.deployment.passkey("user", "alice"))
     key = srv.deployment.passkey("pilot")
     started = time.monotonic()
@@ -129,14 +137,14 @@ def test_backup_of_a_large_database_under_load_restores_every_acknowledged_finis
     out = tmp_path / "backup" / "iceprod.bak"
 
     with Load(srv.url, key) as load:
-        while len(load.snapshot()) < 50:
-            time.sleep(0.05)
+        wait_until("50 finishes", lambda: len(load.snapshot()) >= 50 or load.errors)
         before = load.snapshot()
         began = time.monotonic()
         result = srv.deployment.cli("backup", "--out", str(out),
                                     timeout=BACKUP_TIMEOUT).stdout
         took = time.monotonic() - began
         after = load.snapshot()
+    assert not load.errors, load.errors
     print(f"\n  filled in {filled:.1f} s; the backup command took {took:.1f} s with "
           f"{len(after) - len(before)} finishes meanwhile: {result.strip()}")
     assert out.is_file() and f"wrote {out}" in result, result
@@ -144,7 +152,9 @@ def test_backup_of_a_large_database_under_load_restores_every_acknowledged_finis
 
     with throwaway_database(backend_of(db_url), tmp_path / "restored-db") as url:
         target = Deployment.init(tmp_path / "restored", url)
+        began = time.monotonic()
         restored = target.cli("restore", "--from", str(out)).stdout
+        print(f"  restored in {time.monotonic() - began:.1f} s")
         assert "restored" in restored, restored
         srv2 = server(url, deployment=target)
         reader = srv2.client()

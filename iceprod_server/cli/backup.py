@@ -6,9 +6,9 @@ as it was at one moment, and the servers' writers go on meanwhile (WAL readers n
 them). The online backup API, copied in steps, started again from the first page whenever
 another connection wrote between two steps: under pilot load a large database never
 finished. MariaDB and MySQL are copied with ``mariadb-dump --single-transaction`` (one
-consistent read view, no table locks). A backup file is a SQLite
-database or a SQL dump; ``restore`` checks that the file is the kind its target database
-takes and that it holds an IceProd schema before it changes anything.
+consistent read view, no table locks). A backup file is a SQLite database or a SQL dump;
+``restore`` checks that the file is the kind its target database takes and that it holds
+an IceProd schema before it changes anything.
 """
 
 from __future__ import annotations

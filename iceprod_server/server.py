@@ -94,10 +94,10 @@ async def _drain(config: Config, services: Services, server: tornado.httpserver.
     transaction is cut in half."""
     grace = config.shutdown_grace
     requests = services.requests
+    started = time.monotonic()
+    server.stop()  # before the line below: whoever reads it may count on the port closed
     log.info("stopping: no new connections; waiting up to %g s for %d requests in flight",
              grace, requests.count)
-    started = time.monotonic()
-    server.stop()
     requests.draining = True
     services.live.close()  # event streams never end by themselves; browsers reconnect
     drained, _ = await asyncio.gather(requests.wait_idle(grace, DRAIN_QUIET),

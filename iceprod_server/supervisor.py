@@ -4,8 +4,14 @@ The parent binds the socket, forks the workers and then only watches them: each 
 makes its own event loop, thread pools and database connections after the fork (nothing of
 the kind exists in the parent), and runs :func:`iceprod_server.server.serve` on the shared
 socket; the kernel spreads new connections among them. A worker that dies is logged and
-replaced. SIGTERM and SIGINT are passed on to every worker, which stops gracefully; the
+replaced. On SIGTERM or SIGINT the parent closes its copy of the listening socket, then
+passes the signal on to every worker, which closes its own copy and stops gracefully; the
 parent exits 0 once all have. SIGHUP is passed on too (each worker re-reads its options).
+
+While any process holds the socket open the kernel goes on accepting connections into its
+queue; with nobody left to take them from it they would wait there, and be reset when the
+last worker exits. Closed everywhere, the port refuses them at once (nginx tries another
+server).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ def _run_worker(config: Config, sockets: list[socket.socket],
 
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked by the parent's fork
     os.environ["ICEPROD_WORKER"] = str(index)
     try:
         asyncio.run(server.serve(config, sockets=sockets, reload=reload))
@@ -55,6 +62,17 @@ class Supervisor:
         self.reload = reload
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
         self.stopping = False
+        self.sockets: list[socket.socket] = []
+
+    def _spawn_unless_stopping(self, index: int, sockets: list[socket.socket]) -> None:
+        # a stop arriving between the check and the fork would close the socket under the
+        # new worker, or never reach it: it waits until the worker is known
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        try:
+            if not self.stopping:
+                self._spawn(index, sockets)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
     def _spawn(self, index: int, sockets: list[socket.socket]) -> None:
         pid = os.fork()
@@ -71,6 +89,8 @@ class Supervisor:
     def _forward(self, sig: int, _frame: object) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self.stopping = True
+            for sock in self.sockets:
+                sock.close()
             log.info("stopping %d workers", len(self.workers))
         for pid in list(self.workers):
             try:
@@ -81,12 +101,13 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit code."""
         sockets = tornado.netutil.bind_sockets(self.config.port, address=self.config.host)
+        self.sockets = sockets
         for sig in FORWARDED:
             signal.signal(sig, self._forward)
         log.info("IceProd server: %d worker processes on http://%s:%d", self.processes,
                  self.config.host, self.config.port)
         for index in range(self.processes):
-            self._spawn(index, sockets)
+            self._spawn_unless_stopping(index, sockets)
         while self.workers:
             pid, status = os.waitpid(-1, 0)
             if pid not in self.workers:
@@ -101,8 +122,7 @@ class Supervisor:
             log.error("worker %d (pid %d) exited with %s; starting a new one", index, pid, how)
             if time.monotonic() - started < QUICK_DEATH:
                 time.sleep(RESTART_PAUSE)
-            if not self.stopping:
-                self._spawn(index, sockets)
+            self._spawn_unless_stopping(index, sockets)
         for sock in sockets:
             sock.close()
         return 0

@@ -1,6 +1,8 @@
 """SIGTERM lets what is in flight finish: five slow proxied downloads under way when the
-signal arrives all arrive whole, nothing new is accepted, and the process exits 0; with a
-short ``shutdown_grace`` a download that outlasts it is cut and the process still ends."""
+signal arrives all arrive whole, nothing new is accepted, and the process exits 0; the same
+with ``--processes 2``, where a new connection is refused as soon as both workers have
+stopped listening, not queued until the last one exits; with a short ``shutdown_grace`` a
+download that outlasts it is cut and the process still ends."""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import socket
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
+from tests.support.datasets import wait_until
+from tests.support.servers import start_server
 from tests.support.upstream import Upstream
 
 DOWNLOADS = 5
@@ -92,6 +97,35 @@ def test_sigterm_lets_downloads_in_flight_finish(server: Any, sqlite_url: str,
     assert srv.proc.wait(30) == 0, srv.log_text()[-3000:]
     log = srv.log_text()
     assert "waiting up to 30 s for" in log and "requests in flight finished" in log, log[-3000:]
+
+
+def test_with_two_workers_new_connections_are_refused_while_downloads_finish(
+        server: Any, sqlite_url: str, upstream: Upstream, tmp_path: Path) -> None:
+    data = upstream.add("big.bin", SIZE)
+    dep = server.deployment(sqlite_url)
+    srv = start_server(dep, tmp_path / "logs", env={
+        "ICEPROD_PROXY_ALLOW": f"{upstream.base}/pub/"}, extra_args=("--processes", "2"))
+    try:
+        downloads = start_downloads(srv, upstream)
+        srv.proc.send_signal(signal.SIGTERM)
+        # each worker logs this once it has closed its copy of the listening socket
+        wait_until("both workers to stop listening",
+                   lambda: srv.log_text().count("stopping: no new connections") == 2,
+                   timeout=10, interval=0.02)
+        # the kernel must not take the connection into a queue that nobody reads (its
+        # client would wait and then be reset when the last worker exits): refused, so
+        # that nginx tries another server at once
+        assert refused(srv.port), "a connection made after SIGTERM was accepted"
+        assert any(d.is_alive() for d in downloads), "the downloads ended before the check"
+        for d in downloads:
+            d.join(60)
+            assert d.error is None, f"a download was cut off: {d.error!r}"
+            assert d.length == len(data), f"got {d.length} of {len(data)} bytes"
+            assert d.digest == hashlib.sha256(data).hexdigest()
+        assert srv.proc.wait(30) == 0, srv.log_text()[-3000:]
+    finally:
+        srv.stop()
+    assert srv.log_text().count("stopped with 0") == 2, srv.log_text()[-3000:]
 
 
 def test_a_short_grace_closes_what_is_left_and_exits(server: Any, sqlite_url: str,

@@ -1,6 +1,8 @@
 """``GET /metrics``: the Prometheus text format, parsed with prometheus_client's own parser;
-its counters match what the test did, with one process and with ``--processes 2``; only
-admins and the ``metrics_allow`` addresses may read it."""
+its counters match what the test did, with one process and with ``--processes 2`` (each
+worker made to answer half of the calls); only admins and the ``metrics_allow`` addresses
+may read it, and the server warns at start-up when nginx in front would let every client
+in."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from iceprod_server.client import RPCError
 from tests.support.datasets import claim, config, submit, wait_counts
 from tests.support.http import fetch
 from tests.support.servers import ServerProcess, start_server
+from tests.support.workers import paused, wait_workers
 
 
 def scrape(srv: ServerProcess, key: str | None = None) -> dict[tuple[str, tuple[Any, ...]], float]:
@@ -73,7 +76,10 @@ def test_counters_match_what_was_done(server: Any, db_url: str) -> None:
     # every POST /jsonrpc of this test, and nothing else, went to the JSON-RPC handler
     assert rpc_posts(after) - rpc_posts(before) >= 3 + 1 + 4
     assert value(after, "iceprod_scheduler_last_pass_timestamp_seconds") > 0
-    assert value(after, "iceprod_executor_queue_depth", pool="db") >= 0
+    # value() reads a missing series as 0: the pools' gauges must be there to be read
+    for pool in ("db", "fs", "gsiftp"):
+        for gauge in ("iceprod_executor_queue_depth", "iceprod_executor_busy_threads"):
+            assert (gauge, (("pool", pool),)) in after, (gauge, pool)
     assert ("iceprod_http_request_duration_seconds_count",
             (("handler", "JSONRPCHandler"),)) in after
 
@@ -88,15 +94,44 @@ def test_only_admins_and_allowed_addresses(server: Any, sqlite_url: str) -> None
                                     key=srv.deployment.passkey("admin")).body.decode()
 
 
+EXPOSED = "trusted_proxy is not set, while [files] nginx_upload_dir says nginx is in front"
+
+
+def test_start_up_warns_when_nginx_in_front_would_let_every_client_in(
+        server: Any, sqlite_url: str, tmp_path: Path) -> None:
+    upload_dir = tmp_path / "nginx-upload"
+    upload_dir.mkdir()
+    behind_nginx = {"ICEPROD_FILES_NGINX_UPLOAD_DIR": str(upload_dir)}
+    alone = server(sqlite_url)
+    exposed = server.another(alone, env=behind_nginx)
+    trusted = server.another(alone, env={**behind_nginx, "ICEPROD_TRUSTED_PROXY": "127.0.0.1"})
+    narrow = server.another(alone, env={**behind_nginx, "ICEPROD_METRICS_ALLOW": "192.0.2.0/24"})
+    warning = next((line for line in exposed.log_text().splitlines() if EXPOSED in line), "")
+    assert "WARNING" in warning and "metrics_allow covers loopback (127.0.0.1, ::1)" in warning, \
+        exposed.log_text()[-3000:]
+    assert "Set trusted_proxy" in warning
+    # nothing to warn about: no sign of a front end (and a scrape from this machine that
+    # no front end passed on), a trusted proxy, no loopback allowed
+    scrape(alone)
+    for quiet in (alone, trusted, narrow):
+        assert "may read /metrics" not in quiet.log_text(), quiet.log_text()[-3000:]
+
+
 def test_workers_add_up(server: Any, db_url: str, tmp_path: Path) -> None:
     dep = server.deployment(db_url)
     srv = start_server(dep, tmp_path / "logs", extra_args=("--processes", "2"))
     try:
+        pids = wait_workers(srv.proc.pid, 2)
         before = scrape(srv)
-        n = 40  # each on a new connection, so both workers answer some
-        for i in range(n):
-            assert srv.client(retries=0).call("echo", value=i) == i
+        each = 20
+        # while one worker is paused the other takes every new connection: both answer
+        # `each` calls, and a scrape (answered by either) must count all of them
+        for pid in sorted(pids):
+            with paused(pid):
+                for j in range(each):
+                    assert srv.client(retries=0, timeout=10).call("echo", value=j) == j
         after = scrape(srv)
+        n = each * len(pids)
         assert rpc_posts(after) - rpc_posts(before) == n
         assert value(after, "iceprod_rpc_calls_total", rpc_method="echo", outcome="ok") - \
             value(before, "iceprod_rpc_calls_total", rpc_method="echo", outcome="ok") == n

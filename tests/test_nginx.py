@@ -8,7 +8,9 @@
   in nginx's directory or in the files directory;
 - X-Upload-File is refused from any other address than trusted_proxy (also when the
   client claims to be the proxy in X-Real-IP), outside files_nginx_upload_dir, and
-  cannot be smuggled through nginx by a client.
+  cannot be smuggled through nginx by a client;
+- without trusted_proxy every client of nginx reads /metrics as nginx's loopback address,
+  and the server's log says so; with it, the client's own address decides.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tests.support.databases import throwaway_database
 from tests.support.datasets import wait_until
 from tests.support.http import Reply, fetch, request_head, sha512
 from tests.support.nginx import Nginx, start_nginx
-from tests.support.servers import ServerProcess, unused_port
+from tests.support.servers import Deployment, ServerProcess, start_server, unused_port
 
 MB = 1024 * 1024
 # a client address other than the proxy's (all of 127/8 is loopback)
@@ -340,3 +342,31 @@ def test_the_stored_checksum_matches_what_nginx_received(front: Front) -> None:
                             {"X-Checksum": f"md5={hashlib.md5(data).hexdigest()}"})
     assert reply.status == 201
     assert reply.json()["sha512"] == sha512(data)
+
+
+def test_metrics_through_nginx_go_by_the_clients_address_only_with_trusted_proxy(
+        front: Front, tmp_path: Path) -> None:
+    # with trusted_proxy: a client of nginx from an address metrics_allow does not list
+    reply = fetch(front.nginx.port, "GET", "/metrics", source=UNTRUSTED)
+    assert reply.status == 401, reply.body[:300]
+    assert fetch(front.nginx.port, "GET", "/metrics",
+                 key=front.srv.deployment.passkey("admin"), source=UNTRUSTED).status == 200
+    assert fetch(front.nginx.port, "GET", "/metrics").status == 200  # from 127.0.0.1
+    assert "may read /metrics" not in front.srv.log_text()
+
+    # without it: the same client is nginx's 127.0.0.1 to the server, and gets in
+    with throwaway_database("sqlite", tmp_path / "db") as url:
+        srv = start_server(Deployment.init(tmp_path / "data", url), tmp_path / "logs")
+        proxy = start_nginx(tmp_path / "nginx", srv.port)
+        try:
+            reply = fetch(proxy.port, "GET", "/metrics", source=UNTRUSTED)
+            assert reply.status == 200, reply.body[:300]
+            assert b"iceprod_tasks" in reply.body
+            # ... and the server's log says so, once
+            wait_until("the server to warn", lambda: "a front end passed it on (it carries "
+                       "X-Real-IP) and trusted_proxy is not set" in srv.log_text(), timeout=5)
+            fetch(proxy.port, "GET", "/metrics", source=UNTRUSTED)
+            assert srv.log_text().count("may read /metrics") == 1, srv.log_text()[-3000:]
+        finally:
+            proxy.stop()
+            srv.stop()

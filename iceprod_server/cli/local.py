@@ -218,11 +218,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from iceprod_server import server
     from iceprod_server.db.migrate import SchemaOutdated, check_schema
     from iceprod_server.executors.database import run_unit
+    from iceprod_server.handlers.metrics import front_end_exposure
 
     level = logging.getLevelName(config.log_level.upper())
     if not isinstance(level, int):
         raise CLIError(f"unknown log level {config.log_level!r}")
     log_format.configure(level, config.log_format)
+    exposure = front_end_exposure(config)
+    if exposure:
+        logging.getLogger("iceprod_server.handlers.metrics").warning("%s", exposure)
     engine = _engine(config)
     try:
         run_unit(engine, lambda s: check_schema(s.connection(), config.data_dir),

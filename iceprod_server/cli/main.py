@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backup", formatter_class=fmt, help="copy the database while serving",
                        description="Write a consistent copy of the database to FILE while "
-                       "the server keeps serving: SQLite's online backup, or mariadb-dump "
+                       "the server keeps serving: SQLite's VACUUM INTO, or mariadb-dump "
                        "--single-transaction for MariaDB/MySQL (needs the mariadb client "
                        "tools). Every change committed before the backup began is in it.",
                        epilog=_examples(f"""

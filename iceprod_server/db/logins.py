@@ -16,7 +16,7 @@ in, so the table stays small.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import LoginFailure
@@ -35,8 +35,10 @@ def reserve_attempt(s: Session, username: str, address: str, now: float) -> int:
     :func:`release_attempt`. Commit it before :func:`recent_attempts` decides."""
     name, addr = _who(username, address)
     s.execute(delete(LoginFailure).where(LoginFailure.created <= now - WINDOW_SECONDS))
-    result = s.execute(insert(LoginFailure).values(username=name, address=addr, created=now))
-    return int(result.inserted_primary_key[0])
+    attempt = LoginFailure(username=name, address=addr, created=now)
+    s.add(attempt)
+    s.flush()
+    return attempt.failure_id
 
 
 def recent_attempts(s: Session, username: str, address: str, now: float) -> int:

@@ -206,6 +206,52 @@ def test_update_pilot_records_the_pilot(h: Harness) -> None:
             stored], rows
 
 
+def _pilot_row(h: Harness, pilot_id: str) -> tuple[Any, ...]:
+    rows = databases.query(h.srv.db_url, "SELECT key_id, hostname, tasks, "
+                           "resources_available FROM pilots WHERE pilot_id = :p", p=pilot_id)
+    assert len(rows) == 1, rows
+    key_id, hostname, tasks, available = rows[0]
+    return (key_id, hostname, json.loads(tasks) if isinstance(tasks, str) else tasks,
+            json.loads(available) if isinstance(available, str) else available)
+
+
+def test_only_its_key_or_an_admin_changes_a_pilot_row(h: Harness) -> None:
+    """A pilot's row belongs to the passkey that created it: a pilot with another key gets
+    -32002 and the row stays as it was (its task's lease is not renewed either); another
+    pilot on the same key, and an admin, may change it."""
+    h.submit()
+    owner = h.pilot()
+    task_id = claim_one(owner)["options"]["task_id"]
+    assert owner.call("update_pilot", pilot_id="owned-row", tasks=[task_id],
+                      resources_available={"cpu": 2}, hostname="node-a") is True
+    recorded = _pilot_row(h, "owned-row")
+    assert recorded[2] == [task_id] and recorded[3] == {"cpu": 2}, recorded
+    lease = h.task(task_id)["lease_expires"]
+
+    other_key = h.srv.deployment.passkey("pilot")
+    stranger = h.srv.client(other_key, pilot_ref="stranger", retries=0)
+    refused = expect_error(-32002, stranger.call, "update_pilot", pilot_id="owned-row",
+                           tasks=[task_id], resources_available={"cpu": 64})
+    assert "owned-row" in refused.message + str(refused.data)
+    expect_error(-32002, stranger.call, "update_pilot", pilot_id="owned-row", tasks="")
+    assert _pilot_row(h, "owned-row") == recorded
+    assert h.task(task_id)["lease_expires"] == lease
+    # its own rows it may make and change
+    assert stranger.call("update_pilot", pilot_id="stranger-row", tasks=[]) is True
+    assert stranger.call("update_pilot", pilot_id="stranger-row", tasks=["x"]) is True
+    assert _pilot_row(h, "stranger-row")[2] == ["x"]
+
+    # the same key (pilots that share one are not told apart), and an admin, may
+    assert h.pilot().call("update_pilot", pilot_id="owned-row", tasks=[],
+                          resources_available={"cpu": 1}) is True
+    assert _pilot_row(h, "owned-row")[2:] == ([], {"cpu": 1})
+    assert h.base.admin.call("update_pilot", pilot_id="owned-row", tasks=["y"]) is True
+    assert _pilot_row(h, "owned-row")[2] == ["y"]
+    # the row still belongs to the key that made it
+    assert _pilot_row(h, "owned-row")[0] == recorded[0]
+    owner.call("finish_task", task_id=task_id, stats={})
+
+
 def test_cpu_packing(h: Harness) -> None:
     dataset_id = h.submit(njobs=6)
     wait_counts(h.public, dataset_id, {"queued": 6})

@@ -16,10 +16,12 @@ import re
 from typing import Any
 
 from iceprod_server import metrics
+from iceprod_server.db import pilots as pilot_db
 from iceprod_server.db import tasks as task_db
 from iceprod_server.db.claims import ClaimRequest
 from iceprod_server.errors import (
     CONFLICT,
+    FORBIDDEN,
     NOT_FOUND,
     IceProdError,
     InvalidParams,
@@ -201,17 +203,20 @@ def _task_ids(tasks: Any) -> list[str]:
     return [t for t in ids if t]
 
 
-@rpc_method(PILOT, ADMIN)
+@rpc_method(PILOT, ADMIN, errors=(FORBIDDEN,))
 async def update_pilot(ctx: Context, pilot_id: str, tasks: Any = None,
                        resources_available: dict[str, Any] | None = None,
                        resources_claimed: dict[str, Any] | None = None,
                        hostname: str = "") -> bool:
     """Record a pilot's state: the tasks it runs (a list of ids, or IceProd 2's
     comma-separated string) and its resources, free and claimed. The leases of the
-    caller's tasks among them are renewed."""
+    caller's tasks among them are renewed. A pilot's row may be changed only with the
+    passkey that created it (or by an admin): -32002 otherwise, and nothing changes."""
     if not pilot_id or len(pilot_id) > 64:
         raise InvalidParams("pilot_id must be 1 to 64 characters")
-    await ctx.services.db.write(task_db.update_pilot, pilot_id, ctx.caller.key_id, hostname,
-                                _task_ids(tasks), resources_available or {},
-                                resources_claimed or {}, _claimant(ctx), _lease(ctx))
+    caller = ctx.caller
+    await ctx.services.db.write(pilot_db.update_pilot, pilot_id, caller.key_id,
+                                caller.is_admin, hostname, _task_ids(tasks),
+                                resources_available or {}, resources_claimed or {},
+                                _claimant(ctx), _lease(ctx))
     return True

@@ -59,8 +59,8 @@ def _looks_packed(text: str) -> bool:
     return len(text) % 4 == 0 and _BASE64.fullmatch(text) is not None
 
 
-def _inflated(packed: bytes) -> Iterator[bytes]:
-    """The UTF-8 text that ``packed`` inflates to, at most :data:`CHUNK` bytes at a time
+def _inflated(packed: bytes, chunk: int) -> Iterator[bytes]:
+    """The UTF-8 text that ``packed`` inflates to, ``chunk`` inflated bytes at a time
     (invalid UTF-8 replaced, as a whole decode would). Raises :class:`_NotPacked` for data
     that is not a complete zlib stream (the first chunk may already have been taken)."""
     inflater = zlib.decompressobj()
@@ -68,7 +68,7 @@ def _inflated(packed: bytes) -> Iterator[bytes]:
     pending = packed
     try:
         while not inflater.eof:
-            out = inflater.decompress(pending, CHUNK)
+            out = inflater.decompress(pending, chunk)
             pending = inflater.unconsumed_tail
             if not out and not pending and not inflater.eof:
                 raise _NotPacked  # the stream stops before its end
@@ -96,13 +96,13 @@ def _packed(text: str) -> bytes | None:
         return None
 
 
-def _as_sent(text: str) -> Iterator[bytes]:
+def _as_sent(text: str, chunk: int) -> Iterator[bytes]:
     encoded = text.encode("utf-8")
-    for start in range(0, len(encoded), CHUNK):
-        yield encoded[start:start + CHUNK]
+    for start in range(0, len(encoded), chunk):
+        yield encoded[start:start + chunk]
 
 
-def _read(data: str | bytes, limits: Limits,
+def _read(data: str | bytes, limits: Limits, chunk: int,
           keep: Callable[[Iterator[bytes], Limits], StoredLog | None]) -> StoredLog | None:
     """``keep`` the log's UTF-8 text: inflated if the data is zlib+base64, else as sent
     (also when what looked like base64 turns out not to be a zlib stream)."""
@@ -110,10 +110,10 @@ def _read(data: str | bytes, limits: Limits,
     packed = _packed(text)
     if packed is not None:
         try:
-            return keep(_inflated(packed), limits)
+            return keep(_inflated(packed, chunk), limits)
         except _NotPacked:
             pass
-    return keep(_as_sent(text), limits)
+    return keep(_as_sent(text, chunk), limits)
 
 
 def read_small(data: str | bytes, limits: Limits) -> StoredLog | None:
@@ -121,7 +121,7 @@ def read_small(data: str | bytes, limits: Limits) -> StoredLog | None:
     None when it needs :func:`read_to_file`. Does at most ``inline_max`` bytes of work."""
     if len(data) > SMALL_INPUT:
         return None
-    return _read(data, limits, _gather)
+    return _read(data, limits, min(CHUNK, limits.inline_max + 1), _gather)
 
 
 def _gather(chunks: Iterator[bytes], limits: Limits) -> StoredLog | None:
@@ -144,7 +144,7 @@ def read_to_file(data: str | bytes, limits: Limits, root: Path, task_id: str,
     def store(chunks: Iterator[bytes], limits: Limits) -> StoredLog:
         return _store(chunks, limits, root, task_id, name)
 
-    stored = _read(data, limits, store)
+    stored = _read(data, limits, CHUNK, store)
     assert stored is not None
     return stored
 

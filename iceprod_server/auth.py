@@ -66,8 +66,7 @@ class Authenticator:
         else:
             caller = Caller(role=found["role"], key_id=found["key_id"],
                             user_id=found["user_id"], username=found["username"],
-                            site_id=found["site_id"], expires=found["expires"],
-                            lease_seconds=found["lease_seconds"])
+                            expires=found["expires"], lease_seconds=found["lease_seconds"])
         if len(self._cache) > 10000:
             self._cache.clear()
         self._cache[token] = (started, caller)

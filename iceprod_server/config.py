@@ -71,6 +71,9 @@ class Config:
     body_timeout: float = 3600.0
     # logs larger than this go to files under <data_dir>/logs instead of database rows
     log_inline_max: int = 256 * 1024
+    # largest task log in bytes, once unpacked (IceProd 2 pilots send logs zlib-compressed,
+    # which says nothing about their size); larger uploads are refused with -32602
+    log_max_bytes: int = 256 * 1024 * 1024
     # seconds an authenticated passkey stays cached in a server process
     auth_cache_seconds: float = 0.5
     # hours a login lasts
@@ -298,7 +301,7 @@ def _validate(config: Config) -> None:
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
     for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets",
-                 "processes", "max_batch_length"):
+                 "processes", "max_batch_length", "log_max_bytes"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     for network in config.metrics_allow:

@@ -13,6 +13,7 @@ scrape asks for them (one cheap read).
 
 from __future__ import annotations
 
+import http
 import os
 from typing import Any
 
@@ -76,9 +77,25 @@ def rpc_outcome(code: int | None) -> str:
     return "ok" if code is None else str(code)
 
 
+# Label values that come from a request are taken only from these sets; anything else is
+# counted as OTHER. Each distinct value is a series kept for the life of the process (and
+# a file per worker in multiprocess mode), so a client that could choose them could grow
+# the server's memory and every scrape without bound.
+OTHER = "other"
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"))
+HTTP_STATUSES = frozenset(int(s) for s in http.HTTPStatus)
+
+
+def http_labels(method: str, status: int) -> tuple[str, str]:
+    """The ``method`` and ``status`` labels of a request: its own when they are among the
+    standard ones, else ``other``."""
+    return (method if method in HTTP_METHODS else OTHER,
+            str(status) if status in HTTP_STATUSES else OTHER)
+
+
 # the labelled series already looked up: labels() validates and locks on every call
 _rpc_series: dict[tuple[str, int], tuple[Any, Any]] = {}
-_http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_http_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
 def observe_rpc(rpc_method: str, code: int, seconds: float) -> None:
@@ -93,11 +110,15 @@ def observe_rpc(rpc_method: str, code: int, seconds: float) -> None:
 
 
 def observe_http(handler: str, method: str, status: int, seconds: float) -> None:
-    """One answered HTTP request."""
-    series = _http_series.get((handler, method, status))
+    """One answered HTTP request. ``handler`` is the name of the code that answered (a
+    fixed set); the method and status the client sent or caused are folded by
+    :func:`http_labels`, before the lookup too, so the lookup table stays as small."""
+    method_label, status_label = http_labels(method, status)
+    key = (handler, method_label, status_label)
+    series = _http_series.get(key)
     if series is None:
-        series = _http_series[(handler, method, status)] = (
-            HTTP_REQUESTS.labels(handler=handler, method=method, status=str(status)),
+        series = _http_series[key] = (
+            HTTP_REQUESTS.labels(handler=handler, method=method_label, status=status_label),
             HTTP_SECONDS.labels(handler=handler))
     series[0].inc()
     series[1].observe(seconds)

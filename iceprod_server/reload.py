@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 # read from services.config where they are used, so a new value applies to the next use
 LIVE_OPTIONS = frozenset({
     "log_level", "public_read", "max_body_bytes", "trusted_proxy", "session_hours",
-    "cookie_secure", "log_inline_max", "files_access", "files_max_upload_bytes",
+    "cookie_secure", "log_inline_max", "log_max_bytes", "files_access",
+    "files_max_upload_bytes",
     "proxy_access", "lease_seconds", "max_resets", "queue_depth", "queue_timeout",
     "materialize_batch", "scheduler_interval", "shutdown_grace", "retry_delay_seconds",
     "retry_max_delay_seconds", "scheduler_stall_seconds", "metrics_allow",

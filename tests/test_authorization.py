@@ -8,7 +8,9 @@ caller gets a result or a domain error, never -32001/-32002:
 
 - no key: -32001 unless the method is public (``public_read`` is on) or open to anyone;
 - an expired or a revoked key: -32001 for every method, public ones and unknown ones too;
-- a pilot, user, admin or site credential: -32002 when its role is not allowed;
+- a pilot, user, admin or site credential: -32002 when its role is not allowed; a site
+  calls with its key as ``Authorization: Bearer`` (as ``join`` and the link do) and with
+  the legacy ``site_id`` + ``passkey`` params, and both get the same answers;
 - a user acting on another user's dataset: -32002 for every dataset, job and task action.
 """
 
@@ -20,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import sqlalchemy
 
-from tests.support import jsonrpc
+from tests.support import databases, jsonrpc
 from tests.support.datasets import config, submit, task, wait_until
 from tests.support.servers import ServerProcess
 
@@ -194,8 +197,10 @@ def params_for(method: dict[str, Any], target: Target) -> dict[str, Any]:
 def call(world: World, caller: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
     params = dict(params)
     key: str | None = None
-    if caller == "site":
+    if caller == "site-legacy":
         params["site_id"], params["passkey"] = world.site
+    elif caller == "site-bearer":
+        key = world.site[1]
     elif caller != "none":
         key = world.keys[caller]
     return jsonrpc.request(world.server.rpc_url, name, params, passkey=key)
@@ -243,9 +248,11 @@ def test_registry_matches_the_table(world: World) -> None:
     assert not differ, "roles differ from EXPECTED_ROLES:\n" + "\n".join(differ)
 
 
-@pytest.mark.parametrize("caller", ["none", "pilot", "user", "admin", "site"])
-def test_each_role_on_every_method(world: World, caller: str) -> None:
-    wrong = check_matrix(world, caller, caller, world.own, _role_outcome)
+@pytest.mark.parametrize("caller, role", [
+    ("none", "none"), ("pilot", "pilot"), ("user", "user"), ("admin", "admin"),
+    ("site-legacy", "site"), ("site-bearer", "site")])
+def test_each_role_on_every_method(world: World, caller: str, role: str) -> None:
+    wrong = check_matrix(world, caller, role, world.own, _role_outcome)
     assert not wrong, f"{len(wrong)} methods answered a {caller} caller wrongly:\n" + \
         "\n".join(wrong)
 
@@ -363,3 +370,61 @@ def test_public_read_off_needs_a_credential(server: Any, db_url: str) -> None:
         assert jsonrpc.error_code(anonymous) == -32001, (method["name"], anonymous)
         keyed = jsonrpc.request(srv.rpc_url, method["name"], params, passkey=pilot)
         assert jsonrpc.error_code(keyed) not in AUTH_ERRORS + NEVER, (method["name"], keyed)
+
+
+def test_a_site_key_as_bearer_is_the_site(world: World) -> None:
+    """The site key in ``Authorization: Bearer`` makes the caller that site, on the small
+    calls' fast path and on the handler path (a larger body) alike; a wrong key, or the
+    right key with another site's id, is -32001."""
+    site_id, site_key = world.site
+    small = jsonrpc.request(world.server.rpc_url, "whoami", {}, passkey=site_key)
+    assert small["result"] == {"role": "site", "username": None, "key_id": None,
+                               "site_id": site_id}, small
+    large = jsonrpc.request(world.server.rpc_url, "echo", {"value": "x" * 100_000},
+                            passkey=site_key)
+    assert large.get("result") == "x" * 100_000, str(large)[:300]
+    pulled = jsonrpc.request(world.server.rpc_url, "master_get_tables",
+                             {"tables": ["datasets"], "since": None}, passkey=site_key)
+    assert "cursor" in pulled.get("result", {}), pulled
+    status = world.server.client(world.keys["admin"]).call("site_status")
+    assert any(s["site_id"] == site_id and s["last_contact"] for s in status), status
+    wrong = jsonrpc.request(world.server.rpc_url, "master_get_tables",
+                            {"tables": ["datasets"]}, passkey=site_key[:-2] + "xx")
+    assert jsonrpc.error_code(wrong) == -32001, wrong
+    other_site = jsonrpc.request(world.server.rpc_url, "whoami",
+                                 {"site_id": "00000000000000000000"}, passkey=site_key)
+    assert jsonrpc.error_code(other_site) == -32001, other_site
+
+
+def test_passkeys_are_not_bound_to_sites(world: World) -> None:
+    """``issue_passkey`` takes no ``site`` (-32602, nothing stored), ``passkey issue``
+    no ``--site``, and a key that an older version bound to a site acts as a key of its
+    role: whoami names no site, and the site methods are refused."""
+    site_id, _ = world.site
+    admin = world.server.client(world.keys["admin"])
+    keys_before = admin.call("list_passkeys")
+    audit_before = admin.call("list_audit_log")["items"]
+    response = jsonrpc.request(world.server.rpc_url, "issue_passkey",
+                               {"role": "pilot", "site": site_id}, passkey=world.keys["admin"])
+    assert jsonrpc.error_code(response) == -32602 and "site" in str(response["error"]), \
+        response
+    cli = world.server.deployment.cli("passkey", "issue", "--role", "pilot", "--site",
+                                      site_id, check=False)
+    assert cli.returncode != 0 and "--site" in cli.stderr, (cli.returncode, cli.stderr)
+    assert admin.call("list_passkeys") == keys_before
+    assert admin.call("list_audit_log")["items"] == audit_before
+
+    # a pilot key as an older version bound it
+    key = world.server.deployment.passkey("pilot")
+    key_id = next(k["key_id"] for k in admin.call("list_passkeys")
+                  if k["key_id"] not in {b["key_id"] for b in keys_before})
+    with databases.connect(world.server.db_url) as conn:
+        conn.execute(sqlalchemy.text("UPDATE passkeys SET site_id = :s WHERE key_id = :k"),
+                     {"s": site_id, "k": key_id})
+        conn.commit()
+    who = jsonrpc.request(world.server.rpc_url, "whoami", {}, passkey=key)["result"]
+    assert who == {"role": "pilot", "username": None, "key_id": key_id, "site_id": None}, who
+    for method, params in (("master_get_tables", {"tables": ["tasks"]}),
+                           ("queue_master", {"resources": {}, "num": 1})):
+        refused = jsonrpc.request(world.server.rpc_url, method, params, passkey=key)
+        assert jsonrpc.error_code(refused) == -32002, (method, refused)

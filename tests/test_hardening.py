@@ -92,6 +92,9 @@ def test_nan_and_infinity(setup: Setup) -> None:
 def test_infinity_is_never_stored(setup: Setup) -> None:
     admin = setup.srv.client(setup.admin)
     groups = admin.call("list_groups")
+    keys = admin.call("list_passkeys")
+    audit = admin.call("list_audit_log", limit=1000)["items"]
+    priority = admin.call("public_get_dataset", dataset_id=setup.dataset_id)["priority"]
     refused(raw(setup, call_text("create_group", '{"name": "inf", "priority": 1e999}'),
                 setup.admin), -32602, "priority")
     refused(raw(setup, call_text("issue_passkey", '{"role": "pilot", "expires": 1e999}'),
@@ -100,8 +103,10 @@ def test_infinity_is_never_stored(setup: Setup) -> None:
                                  f'{{"dataset_id": "{setup.dataset_id}", "priority": 1e999}}'),
                 setup.user), -32602, "priority")
     assert admin.call("list_groups") == groups
-    admin.call("list_passkeys")
-    admin.call("list_audit_log")
+    assert admin.call("list_passkeys") == keys, "a refused issue_passkey stored a key"
+    assert admin.call("list_audit_log", limit=1000)["items"] == audit
+    assert admin.call("public_get_dataset",
+                      dataset_id=setup.dataset_id)["priority"] == priority
 
     pilot = setup.srv.client(setup.pilot, pilot_ref="inf")
     task_id = claim_one(pilot)["options"]["task_id"]
@@ -192,3 +197,27 @@ def test_batch_length_is_limited(setup: Setup) -> None:
     refused(response, -32600, str(MAX_BATCH))
     answers = raw(setup, json.dumps(calls[:MAX_BATCH]))
     assert sorted(a["result"] for a in answers) == list(range(MAX_BATCH))
+
+
+@pytest.mark.parametrize("params, code, word", [
+    ({"role": "pilot", "expires": -5}, -32602, "expiry"),
+    ({"role": "pilot", "lease": 0}, -32602, "lease"),
+    ({"role": "user"}, -32602, "user"),
+    ({"role": "admin", "username": "alice"}, -32602, "admin"),
+    ({"role": "user", "username": "nobody-at-all"}, -32003, "nobody-at-all"),
+    ({"role": "root"}, -32602, "role"),
+])
+def test_a_refused_issue_passkey_stores_nothing(setup: Setup, params: dict[str, Any],
+                                                code: int, word: str) -> None:
+    """Refusals that reach the method (not only the checks before it): no key, no audit
+    entry, the passkeys table as it was."""
+    admin = setup.srv.client(setup.admin)
+    keys = admin.call("list_passkeys")
+    audit = admin.call("list_audit_log", limit=1000)["items"]
+    rows = databases.row_counts(setup.srv.db_url)
+    response = jsonrpc.request(setup.srv.rpc_url, "issue_passkey", params,
+                               passkey=setup.admin)
+    refused(response, code, word)
+    assert admin.call("list_passkeys") == keys, "a refused issue_passkey stored a key"
+    assert admin.call("list_audit_log", limit=1000)["items"] == audit
+    assert databases.row_counts(setup.srv.db_url) == rows

@@ -6,6 +6,9 @@ in."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_server.client import RPCError
+from tests.support import jsonrpc
 from tests.support.datasets import claim, config, submit, wait_counts
 from tests.support.http import fetch
 from tests.support.servers import ServerProcess, start_server
@@ -138,3 +142,56 @@ def test_workers_add_up(server: Any, db_url: str, tmp_path: Path) -> None:
     finally:
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(60) == 0
+
+
+def _series(samples: dict[tuple[str, tuple[Any, ...]], float], name: str) -> set[Any]:
+    return {labels for (sample, labels) in samples if sample == name}
+
+
+def test_made_up_methods_and_names_make_no_series(server: Any, sqlite_url: str) -> None:
+    """What a client writes in its request line or its JSON-RPC call is counted, but never
+    becomes a label value of its own: 1,000 made-up HTTP methods (on made-up paths too) and
+    200 made-up JSON-RPC method names, sent anonymously, add at most a few series."""
+    srv = server(sqlite_url)
+    fetch(srv.port, "GET", "/healthz")
+    before = scrape(srv)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    answered: dict[int, int] = {}
+    try:
+        for i in range(1000):
+            conn.request(f"FOO{i}", "/" if i % 2 else f"/made/up/path{i}")
+            resp = conn.getresponse()
+            resp.read()
+            answered[resp.status] = answered.get(resp.status, 0) + 1
+            if resp.will_close:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    finally:
+        conn.close()
+    assert sum(answered.values()) == 1000 and all(s >= 400 for s in answered), answered
+    calls = [{"jsonrpc": "2.0", "id": i, "method": f"made_up_{i}", "params": {}}
+             for i in range(200)]
+    answers = jsonrpc.post(srv.rpc_url, json.dumps(calls)).json()
+    assert [a["error"]["code"] for a in answers] == [-32601] * 200
+    after = scrape(srv)
+
+    # a histogram's buckets, count and sum are one series here
+    def series(samples: dict[tuple[str, tuple[Any, ...]], float]) -> set[Any]:
+        return {(re.sub(r"_(bucket|count|sum|created)$", "", name),
+                 tuple(kv for kv in labels if kv[0] != "le")) for name, labels in samples}
+
+    added = series(after) - series(before)
+    assert len(added) < 30, f"{len(added)} new series, e.g. {sorted(added)[:5]}"
+    methods = {dict(labels).get("method") for labels in
+               _series(after, "iceprod_http_requests_total")}
+    assert not any(m and m.startswith("FOO") for m in methods), methods
+    assert "other" in methods, methods
+    # every made-up request is still counted, under "other"
+    other = sum(v for (name, labels), v in after.items()
+                if name == "iceprod_http_requests_total" and ("method", "other") in labels)
+    assert other == 1000, other
+    rpc_names = {dict(labels).get("rpc_method") for labels in
+                 _series(after, "iceprod_rpc_calls_total")}
+    assert not any(n and "made_up" in n for n in rpc_names), rpc_names
+    assert value(after, "iceprod_rpc_calls_total", rpc_method="(unknown)",
+                 outcome="-32601") == 200

@@ -8,8 +8,13 @@ test can claim another's tasks.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+import re
+import threading
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +26,14 @@ from tests.support.datasets import (
     config,
     counts,
     offer,
+    submit,
     task,
     wait_counts,
     wait_until,
 )
 from tests.support.harness import Base, Harness
 from tests.support.jsonrpc import expect_error
+from tests.support.servers import rss_kib
 
 MAX_RESETS = 3
 LOG_INLINE_MAX = 2000
@@ -199,6 +206,52 @@ def test_update_pilot_records_the_pilot(h: Harness) -> None:
             stored], rows
 
 
+def _pilot_row(h: Harness, pilot_id: str) -> tuple[Any, ...]:
+    rows = databases.query(h.srv.db_url, "SELECT key_id, hostname, tasks, "
+                           "resources_available FROM pilots WHERE pilot_id = :p", p=pilot_id)
+    assert len(rows) == 1, rows
+    key_id, hostname, tasks, available = rows[0]
+    return (key_id, hostname, json.loads(tasks) if isinstance(tasks, str) else tasks,
+            json.loads(available) if isinstance(available, str) else available)
+
+
+def test_only_its_key_or_an_admin_changes_a_pilot_row(h: Harness) -> None:
+    """A pilot's row belongs to the passkey that created it: a pilot with another key gets
+    -32002 and the row stays as it was (its task's lease is not renewed either); another
+    pilot on the same key, and an admin, may change it."""
+    h.submit()
+    owner = h.pilot()
+    task_id = claim_one(owner)["options"]["task_id"]
+    assert owner.call("update_pilot", pilot_id="owned-row", tasks=[task_id],
+                      resources_available={"cpu": 2}, hostname="node-a") is True
+    recorded = _pilot_row(h, "owned-row")
+    assert recorded[2] == [task_id] and recorded[3] == {"cpu": 2}, recorded
+    lease = h.task(task_id)["lease_expires"]
+
+    other_key = h.srv.deployment.passkey("pilot")
+    stranger = h.srv.client(other_key, pilot_ref="stranger", retries=0)
+    refused = expect_error(-32002, stranger.call, "update_pilot", pilot_id="owned-row",
+                           tasks=[task_id], resources_available={"cpu": 64})
+    assert "owned-row" in refused.message + str(refused.data)
+    expect_error(-32002, stranger.call, "update_pilot", pilot_id="owned-row", tasks="")
+    assert _pilot_row(h, "owned-row") == recorded
+    assert h.task(task_id)["lease_expires"] == lease
+    # its own rows it may make and change
+    assert stranger.call("update_pilot", pilot_id="stranger-row", tasks=[]) is True
+    assert stranger.call("update_pilot", pilot_id="stranger-row", tasks=["x"]) is True
+    assert _pilot_row(h, "stranger-row")[2] == ["x"]
+
+    # the same key (pilots that share one are not told apart), and an admin, may
+    assert h.pilot().call("update_pilot", pilot_id="owned-row", tasks=[],
+                          resources_available={"cpu": 1}) is True
+    assert _pilot_row(h, "owned-row")[2:] == ([], {"cpu": 1})
+    assert h.base.admin.call("update_pilot", pilot_id="owned-row", tasks=["y"]) is True
+    assert _pilot_row(h, "owned-row")[2] == ["y"]
+    # the row still belongs to the key that made it
+    assert _pilot_row(h, "owned-row")[0] == recorded[0]
+    owner.call("finish_task", task_id=task_id, stats={})
+
+
 def test_cpu_packing(h: Harness) -> None:
     dataset_id = h.submit(njobs=6)
     wait_counts(h.public, dataset_id, {"queued": 6})
@@ -232,3 +285,98 @@ def test_memory_and_gpu_packing(h: Harness) -> None:
     for desc in got + got2:
         a.call("finish_task", task_id=desc["options"]["task_id"], stats={})
     assert counts(h.public, gpu).get("queued") == 2
+
+
+MiB = 1024 * 1024
+LOG_MAX = 64 * MiB
+
+
+@functools.cache
+def _bomb() -> str:
+    """1,400 MiB of zeros, zlib-compressed (about 1.4 MB) and base64-encoded, as IceProd 2
+    pilots send logs; made once (it takes seconds), a MiB at a time."""
+    packer = zlib.compressobj(9)
+    zeros = bytes(MiB)
+    packed = b"".join([packer.compress(zeros) for _ in range(1400)] + [packer.flush()])
+    return base64.b64encode(packed).decode()
+
+
+def _peak_growth_kib(pid: int, action: Callable[[], Any]) -> tuple[Any, int]:
+    """``action()``'s result, and how far the server's resident memory rose above where
+    it was before, at its highest (the kernel's peak, reset first)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current size
+    before = rss_kib(pid)
+    result = action()
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak = int(re.search(r"^VmHWM:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    return result, peak - before
+
+
+def test_a_compressed_log_bomb_is_refused_cheaply(server: Any, db_url: str) -> None:
+    """About 1.4 MB of compressed zeros, which inflate to 1.4 GB: refused with -32602
+    naming log_max_bytes, the server's memory rises by less than that limit, echo keeps
+    answering within 100 ms meanwhile, and nothing is stored. From a caller that does not
+    hold the task it is -32004, before any inflating. A large log within the limit is
+    still kept whole."""
+    srv = server(db_url, env={"ICEPROD_LOG_MAX_BYTES": str(LOG_MAX)})
+    dep = srv.deployment
+    submit(srv.client(dep.passkey("user", "alice")), config(task("a")), njobs=1)
+    pilot = srv.client(dep.passkey("pilot"), pilot_ref="holder", retries=0)
+    stranger = srv.client(dep.passkey("pilot"), pilot_ref="stranger", retries=0)
+    task_id = claim_one(pilot)["options"]["task_id"]
+    pid = srv.proc.pid
+    bomb = _bomb()
+    assert len(bomb) < 2 * MiB
+
+    # a legitimate large log first: 5 MB of text, packed, kept in a file
+    text = "".join(f"line {i:07d} of a long log\n" for i in range(200_000))
+    pilot.call("upload_logfile", task=task_id, name="stdlog",
+               data=base64.b64encode(zlib.compress(text.encode())).decode())
+    logs = {log["name"]: log for log in srv.client().call("public_get_task",
+                                                          task_id=task_id)["logs"]}
+    assert logs["stdlog"]["size"] == len(text)
+    assert logs["stdlog"]["tail"].splitlines()[-1] == "line 0199999 of a long log"
+    files_before = sorted(p.relative_to(srv.data_dir)
+                          for p in (Path(srv.data_dir) / "logs").rglob("*"))
+
+    refused, grew_kib = _peak_growth_kib(pid, lambda: expect_error(
+        -32004, stranger.call, "upload_logfile", task=task_id, name="stdout", data=bomb))
+    assert grew_kib * 1024 < LOG_MAX, \
+        f"a caller without the task made the server grow by {grew_kib / 1024:.0f} MiB"
+
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def echo_meanwhile() -> None:
+        echo = srv.client(retries=0)
+        while not done.is_set():
+            started = time.monotonic()
+            assert echo.call("echo", value=1) == 1
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=echo_meanwhile)
+    watcher.start()
+    try:
+        time.sleep(0.2)
+        refused, grew_kib = _peak_growth_kib(pid, lambda: expect_error(
+            -32602, pilot.call, "upload_logfile", task=task_id, name="stdout", data=bomb))
+        time.sleep(0.2)
+    finally:
+        done.set()
+        watcher.join(30)
+    assert "log_max_bytes" in refused.message + str(refused.data), refused.data
+    assert grew_kib * 1024 < LOG_MAX, \
+        f"the server grew by {grew_kib / 1024:.0f} MiB inflating the bomb"
+    assert len(latencies) >= 10, latencies
+    assert max(latencies) < 0.1, f"echo took {max(latencies):.3f} s during the bomb"
+
+    logs = srv.client().call("public_get_task", task_id=task_id)["logs"]
+    assert [log["name"] for log in logs] == ["stdlog"], logs
+    assert sorted(p.relative_to(srv.data_dir)
+                  for p in (Path(srv.data_dir) / "logs").rglob("*")) == files_before
+    # the holder may go on: its next log is stored
+    pilot.call("upload_logfile", task=task_id, name="stdout", data="after the bomb\n")
+    logs = {log["name"]: log for log in srv.client().call("public_get_task",
+                                                          task_id=task_id)["logs"]}
+    assert logs["stdout"]["tail"].strip() == "after the bomb"

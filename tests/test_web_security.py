@@ -16,7 +16,9 @@ import html
 import http.client
 import json
 import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -355,6 +357,51 @@ def test_login_limit_and_sessions_hold_across_processes(web: Web, module_server:
     assert on_second.whoami() == "alice"
     status, answer = on_second.rpc("suspend_dataset", {"dataset_id": web.submit("alice")})
     assert status == 200 and answer and answer["result"]["status"] == "suspended", answer
+
+
+def test_parallel_wrong_passwords_are_checked_at_most_the_limit(
+        web: Web, module_server: Any) -> None:
+    """40 wrong passwords for one user from one address, sent at once, half of them to each
+    of two processes on one database: at most the limit (3) are checked (401), the rest
+    are refused unchecked (429)."""
+    second = module_server.another(web.srv, env=LIMITED)
+    web.client("admin1").call("create_user", username="frank", password=PASSWORD,
+                              role="user")
+    urls = [web.srv.url, second.url] * 20
+    start = threading.Barrier(len(urls))
+
+    def attempt(url: str) -> int:
+        browser = Browserless(url)
+        start.wait(30)
+        return browser.login("frank", "wrong password").status
+
+    with ThreadPoolExecutor(len(urls)) as pool:
+        statuses = list(pool.map(attempt, urls))
+    assert set(statuses) <= {401, 429}, statuses
+    checked = statuses.count(401)
+    assert checked <= 3, f"{checked} of 40 wrong passwords sent at once were checked " \
+        "(the limit is 3 a minute)"
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example", "/\\/evil.example",
+                                    "/\\\\evil.example/path"])
+def test_login_returns_only_to_this_server(web: Web, target: str) -> None:
+    """Browsers read a backslash in a Location as a slash: ``/\\evil.example`` would go
+    to another site. The login form and the redirect after logging in fall back to /."""
+    browser = Browserless(web.srv.url)
+    page = browser.get("/login?" + urlencode({"next": target}))
+    assert page.status == 200, page.status
+    hidden = re.search(r'name="next" value="([^"]*)"', page.text)
+    assert hidden and html.unescape(hidden.group(1)) == "/", hidden and hidden.group(0)
+    reply = browser.post_form("/login", {"username": "alice", "password": PASSWORD,
+                                         "next": target})
+    assert reply.status == 302, reply.status
+    assert reply.header("Location") == "/", reply.header("Location")
+    # a path on this server is still where the login returns to
+    reply = Browserless(web.srv.url).post_form(
+        "/login", {"username": "alice", "password": PASSWORD, "next": "/dataset?x=1"})
+    assert reply.status == 302 and reply.header("Location") == "/dataset?x=1", \
+        reply.header("Location")
 
 
 def test_the_session_cookie_is_httponly_and_logout_ends_the_session(web: Web) -> None:

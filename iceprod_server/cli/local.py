@@ -291,12 +291,11 @@ def cmd_passkey_issue(args: argparse.Namespace) -> None:
     from iceprod_server.db import users
 
     config = _config(args)
-    key = _run(config, users.issue_passkey, args.role, args.user, args.site, args.expires,
+    key = _run(config, users.issue_passkey, args.role, args.user, args.expires,
                args.description, args.lease)
     print(key["passkey"])
     print(f"passkey {key['key_id']}: role {key['role']}"
           + (f", user {key['username']}" if key.get("username") else "")
-          + (f", site {key['site_id']}" if key.get("site_id") else "")
           + (f", expires {when(key['expires'])}" if key.get("expires") else ", no expiry")
           + (f", lease {key['lease_seconds']:g} s" if key.get("lease_seconds") else ""),
           file=sys.stderr)
@@ -321,11 +320,11 @@ def cmd_passkey_list(args: argparse.Namespace) -> None:
     rows = []
     for k in keys:
         state = "revoked" if k["revoked"] else "expired" if k["expired"] else "active"
-        rows.append([k["key_id"], k["role"], k["username"] or "", k["site_id"] or "", state,
+        rows.append([k["key_id"], k["role"], k["username"] or "", state,
                      when(k["created"]), when(k["expires"]) if k["expires"] else "never",
                      f"{k['lease_seconds']:g}" if k["lease_seconds"] else "default",
                      k["description"]])
-    print(table(["key id", "role", "user", "site", "state", "created", "expires",
+    print(table(["key id", "role", "user", "state", "created", "expires",
                   "lease s", "description"], rows))
 
 

@@ -196,7 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
                             """))
     q.add_argument("--role", required=True, choices=("pilot", "user", "admin"))
     q.add_argument("--user", metavar="NAME", help="the user the key acts for")
-    q.add_argument("--site", metavar="SITE_ID", help="bind the key to a site")
     q.add_argument("--expires", metavar="SECONDS", type=float,
                    help="lifetime in seconds (default: no expiry)")
     q.add_argument("--description", default="", help="a note shown by passkey list")

@@ -105,6 +105,8 @@ class Passkey(Base):
     user_id: Mapped[str | None] = mapped_column(
         ID, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=True
     )
+    # neither written nor read: keys are not bound to sites (docs/methods.md, Admin); it
+    # holds what older versions wrote, which never gave a key any right or limit
     site_id: Mapped[str | None] = mapped_column(
         ID, ForeignKey("sites.site_id", ondelete="CASCADE"), nullable=True
     )

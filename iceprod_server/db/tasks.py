@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
     Dataset,
-    Pilot,
     Task,
     TaskLog,
     TaskStat,
@@ -133,8 +132,10 @@ def _holds(task: Any, claimant: str, attempt: int | None = None) -> bool:
     return task.status == "processing" and _check_holder(task, claimant, attempt)
 
 
-def _extend(s: Session, task_ids: list[str], claimant: str, lease_seconds: float) -> int:
-    """Any call from the claimant about its processing tasks renews their leases."""
+def extend_leases(s: Session, task_ids: list[str], claimant: str,
+                  lease_seconds: float) -> int:
+    """Any call from the claimant about its processing tasks renews their leases (those
+    of other claimants among ``task_ids`` are left alone)."""
     if not task_ids:
         return 0
     return _rowcount(s, _EXTEND, {"b_ids": task_ids, "b_claimant": claimant,
@@ -165,7 +166,7 @@ def set_processing(s: Session, task_id: str, claimant: str, lease_seconds: float
     """Claim one queued task by id, or confirm a claim the caller already holds."""
     task = _held(s, task_id)
     if _holds(task, claimant, attempt):
-        _extend(s, [task_id], claimant, lease_seconds)
+        extend_leases(s, [task_id], claimant, lease_seconds)
         return True
     if task.status != "queued":
         raise _conflict(task, f"task is {task.status}, not queued")
@@ -193,7 +194,7 @@ def still_running(s: Session, task_id: str, claimant: str, lease_seconds: float,
     if attempt is not None and attempt > task.attempt:
         raise _conflict(task, "no such attempt")
     if _holds(task, claimant, attempt):
-        return _extend(s, [task_id], claimant, lease_seconds) == 1
+        return extend_leases(s, [task_id], claimant, lease_seconds) == 1
     if (attempt is not None and attempt < task.attempt) or claimant in (
             task.last_claimant, task.prev_claimant):
         return False
@@ -360,27 +361,7 @@ def check_log_writer(s: Session, task_id: str, claimant: str, window: float) -> 
 def store_log(s: Session, task_id: str, claimant: str, name: str, size: int,
               data: str | None, path: str | None, lease_seconds: float) -> dict[str, Any]:
     attempt = check_log_writer(s, task_id, claimant, lease_seconds)
-    _extend(s, [task_id], claimant, lease_seconds)
+    extend_leases(s, [task_id], claimant, lease_seconds)
     s.add(TaskLog(task_id=task_id, attempt=attempt, name=name, created=time.time(),
                   size=size, data=data, path=path))
     return {"task_id": task_id, "name": name, "size": size, "attempt": attempt}
-
-
-def update_pilot(s: Session, pilot_id: str, key_id: str | None, hostname: str,
-                 tasks: list[str], available: dict[str, Any],
-                 claimed: dict[str, Any], claimant: str = "",
-                 lease_seconds: float = 0.0) -> None:
-    """Record a pilot's state; the caller's processing tasks among ``tasks`` get their
-    leases renewed."""
-    now = time.time()
-    if claimant and lease_seconds > 0:
-        _extend(s, tasks[:1000], claimant, lease_seconds)
-    rows = changed(s,
-        update(Pilot).where(Pilot.pilot_id == pilot_id)
-        .values(tasks=tasks, resources_available=available, resources_claimed=claimed,
-                last_update=now)
-    )
-    if rows == 0:
-        s.execute(insert(Pilot).values(pilot_id=pilot_id, key_id=key_id, hostname=hostname,
-                                       site="", tasks=tasks, resources_available=available,
-                                       resources_claimed=claimed, last_update=now))

@@ -103,8 +103,8 @@ def session_user(s: Session, token: str) -> dict[str, Any] | None:
 
 
 def issue_passkey(s: Session, role: str, username: str | None = None,
-                  site_id: str | None = None, expires_in: float | None = None,
-                  description: str = "", lease_seconds: float | None = None) -> dict[str, Any]:
+                  expires_in: float | None = None, description: str = "",
+                  lease_seconds: float | None = None) -> dict[str, Any]:
     """Make a passkey; the token itself is returned here once and never stored.
 
     ``lease_seconds`` is how long a task claimed with the key lives without a call about
@@ -121,8 +121,6 @@ def issue_passkey(s: Session, role: str, username: str | None = None,
         user_id = user.user_id
     elif role == "user":
         raise InvalidParams("a user passkey needs a user (it carries that user's rights)")
-    if site_id is not None and s.get(Site, site_id) is None:
-        raise NotFound(f"no site {site_id!r}")
     if expires_in is not None and expires_in <= 0:
         raise InvalidParams("expiry must be a positive number of seconds")
     if lease_seconds is not None and lease_seconds <= 0:
@@ -130,13 +128,13 @@ def issue_passkey(s: Session, role: str, username: str | None = None,
     token = new_token()
     now = time.time()
     key = Passkey(key_id=new_id(), key_hash=hash_token(token), role=role, user_id=user_id,
-                  site_id=site_id, description=description, created=now,
+                  description=description, created=now,
                   expires=now + expires_in if expires_in else None, revoked=False,
                   lease_seconds=lease_seconds)
     s.add(key)
     s.flush()
     return {"key_id": key.key_id, "passkey": token, "role": role, "username": username,
-            "site_id": site_id, "expires": key.expires, "lease_seconds": lease_seconds}
+            "expires": key.expires, "lease_seconds": lease_seconds}
 
 
 def revoke_passkey(s: Session, key_id: str | None = None, token: str | None = None) -> int:
@@ -159,7 +157,7 @@ def list_passkeys(s: Session) -> list[dict[str, Any]]:
                                                                User.user_id)
                      .order_by(Passkey.created))
     now = time.time()
-    return [{"key_id": k.key_id, "role": k.role, "username": name, "site_id": k.site_id,
+    return [{"key_id": k.key_id, "role": k.role, "username": name,
              "description": k.description, "created": k.created, "expires": k.expires,
              "revoked": k.revoked, "expired": bool(k.expires and k.expires <= now),
              "lease_seconds": k.lease_seconds}
@@ -185,7 +183,7 @@ def lookup_passkey(s: Session, token: str) -> dict[str, Any] | None:
     if user is not None and role == "admin" and user.role != "admin":
         role = "user"
     return {"key_id": key.key_id, "role": role, "user_id": key.user_id,
-            "username": user.username if user else None, "site_id": key.site_id,
+            "username": user.username if user else None,
             "expires": key.expires, "lease_seconds": key.lease_seconds}
 
 

@@ -79,26 +79,18 @@ async def list_users(ctx: Context) -> list[dict[str, Any]]:
 
 @rpc_method(ADMIN, errors=ERRORS)
 async def issue_passkey(ctx: Context, role: Literal["pilot", "user", "admin"],
-                        username: str | None = None, site: str | None = None,
-                        expires: float | None = None,
+                        username: str | None = None, expires: float | None = None,
                         description: str = "", lease: float | None = None) -> dict[str, Any]:
-    """Issue a passkey with a role, optionally bound to a user (required for role user) or
-    to a site (its id or name), expiring after ``expires`` seconds (null: never). ``lease``:
-    seconds a task claimed with the key lives without a call about it (null: the server's
-    ``lease_seconds``). The result holds the key itself, ``passkey``: this is the only time
-    it is shown."""
+    """Issue a passkey with a role, optionally bound to a user (required for role user),
+    expiring after ``expires`` seconds (null: never). ``lease``: seconds a task claimed
+    with the key lives without a call about it (null: the server's ``lease_seconds``).
+    The result holds the key itself, ``passkey``: this is the only time it is shown.
+    Keys are not bound to sites: a site calls with its site key."""
     return await _audited(
-        ctx, "issue_passkey", username or site or role,
-        {"role": role, "username": username, "site": site, "expires": expires,
+        ctx, "issue_passkey", username or role,
+        {"role": role, "username": username, "expires": expires,
          "description": description, "lease": lease},
-        _issue_passkey, role, username, site, expires, description, lease)
-
-
-def _issue_passkey(s: Session, role: str, username: str | None, site: str | None,
-                   expires: float | None, description: str,
-                   lease: float | None) -> dict[str, Any]:
-    site_id = reads.site_id_for(s, site) if site else None
-    return users.issue_passkey(s, role, username, site_id, expires, description, lease)
+        users.issue_passkey, role, username, expires, description, lease)
 
 
 @rpc_method(ADMIN, errors=ERRORS)

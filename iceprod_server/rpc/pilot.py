@@ -12,19 +12,22 @@ server's ``lease_seconds``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
 import re
-import zlib
-from pathlib import Path
 from typing import Any
 
 from iceprod_server import metrics
+from iceprod_server.db import pilots as pilot_db
 from iceprod_server.db import tasks as task_db
 from iceprod_server.db.claims import ClaimRequest
-from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
-from iceprod_server.files.storage import storage_full
+from iceprod_server.errors import (
+    CONFLICT,
+    FORBIDDEN,
+    NOT_FOUND,
+    IceProdError,
+    InvalidParams,
+    Unavailable,
+)
+from iceprod_server.files import tasklogs
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, ANYONE, PILOT, Id, rpc_method
 
@@ -153,58 +156,37 @@ async def task_error(ctx: Context, task_id: Id, error_info: dict[str, Any] | Non
     return result
 
 
-def _decode_log(data: str) -> str:
-    """IceProd 2 pilots send zlib-compressed, base64-encoded text; plain text also works."""
-    if len(data) % 4 == 0 and re.fullmatch(r"[A-Za-z0-9+/=\s]*", data):
-        try:
-            return zlib.decompress(base64.b64decode(data, validate=False)).decode(
-                "utf-8", errors="replace")
-        except (binascii.Error, zlib.error, ValueError):
-            pass
-    return data
-
-
-def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
-    folder = root / "logs" / task_id[:6] / task_id
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.{os.urandom(4).hex()}.log"
-    tmp = target.with_suffix(".tmp")
-    try:
-        tmp.write_bytes(text)
-        tmp.replace(target)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)  # nothing half-written stays
-        if storage_full(e):
-            # the pilot may try again later (the reference pilot keeps the log meanwhile)
-            raise Unavailable("no space left for the log on the server") from e
-        raise
-    return str(target.relative_to(root))
-
-
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
 async def upload_logfile(ctx: Context, task: Id, name: str, data: str | bytes) -> dict[str, Any]:
     """Store a log of the caller's attempt: ``stdout``, ``stderr``, ``stdlog`` or any name
-    (letters, digits, ``_.-``). ``data`` is plain text or zlib+base64 text. Logs larger than
-    the configured ``log_inline_max`` are kept in files under the data directory.
+    (letters, digits, ``_.-``). ``data`` is plain text or zlib+base64 text, at most
+    ``log_max_bytes`` once unpacked (-32602 past it). Logs larger than ``log_inline_max``
+    are kept in files under the data directory.
 
     The claimant may still upload the logs of an attempt it ended with ``finish_task`` or
     ``task_error`` for a lease's length afterwards; they attach to that attempt."""
     if not LOG_NAME.match(name):
         raise InvalidParams("log name may use letters, digits and _ . - (at most 64)")
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-    text = _decode_log(text)
-    encoded = text.encode("utf-8")
     db = ctx.services.db
     claimant = _claimant(ctx)
+    # before any work on the data: a caller who may not upload here costs nothing more
     await db.read(task_db.check_log_writer, task, claimant, _lease(ctx))
-    path = None
-    inline: str | None = text
-    if len(encoded) > ctx.services.config.log_inline_max:
-        path = await ctx.services.run_fs(_write_log_file, ctx.services.config.path(), task,
-                                         name, encoded)
-        inline = None
-    return await db.write(task_db.store_log, task, claimant, name, len(encoded), inline, path,
-                          _lease(ctx))
+    config = ctx.services.config
+    limits = tasklogs.Limits(config.log_inline_max, config.log_max_bytes)
+    root = config.path()
+    stored = tasklogs.read_small(data, limits)
+    if stored is None:
+        stored = await ctx.services.run_fs(tasklogs.read_to_file, data, limits, root, task,
+                                           name)
+    try:
+        return await db.write(task_db.store_log, task, claimant, name, stored.size,
+                              stored.text, stored.path, _lease(ctx))
+    except Unavailable:
+        raise  # the unit may still commit: its file must stay
+    except IceProdError:
+        if stored.path:  # refused (the claim moved on meanwhile): no row, so no file
+            await ctx.services.run_fs(tasklogs.remove, root, stored)
+        raise
 
 
 def _task_ids(tasks: Any) -> list[str]:
@@ -221,17 +203,20 @@ def _task_ids(tasks: Any) -> list[str]:
     return [t for t in ids if t]
 
 
-@rpc_method(PILOT, ADMIN)
+@rpc_method(PILOT, ADMIN, errors=(FORBIDDEN,))
 async def update_pilot(ctx: Context, pilot_id: str, tasks: Any = None,
                        resources_available: dict[str, Any] | None = None,
                        resources_claimed: dict[str, Any] | None = None,
                        hostname: str = "") -> bool:
     """Record a pilot's state: the tasks it runs (a list of ids, or IceProd 2's
     comma-separated string) and its resources, free and claimed. The leases of the
-    caller's tasks among them are renewed."""
+    caller's tasks among them are renewed. A pilot's row may be changed only with the
+    passkey that created it (or by an admin): -32002 otherwise, and nothing changes."""
     if not pilot_id or len(pilot_id) > 64:
         raise InvalidParams("pilot_id must be 1 to 64 characters")
-    await ctx.services.db.write(task_db.update_pilot, pilot_id, ctx.caller.key_id, hostname,
-                                _task_ids(tasks), resources_available or {},
-                                resources_claimed or {}, _claimant(ctx), _lease(ctx))
+    caller = ctx.caller
+    await ctx.services.db.write(pilot_db.update_pilot, pilot_id, caller.key_id,
+                                caller.is_admin, hostname, _task_ids(tasks),
+                                resources_available or {}, resources_claimed or {},
+                                _claimant(ctx), _lease(ctx))
     return True

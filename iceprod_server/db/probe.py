@@ -1,12 +1,7 @@
-"""Probes: does the database answer right now? Each runs on a new connection of a probe
-engine (:func:`iceprod_server.db.engine.make_probe_engine`), whose waits are short, so a
-probe ends within a couple of seconds whatever the database does.
-
-- :func:`reads_answer`: a new connection reads (on SQLite, from the file itself);
-- :func:`writes_answer` (MariaDB): a new connection runs a statement that writes nothing
-  but must wait for whatever stops every write (a global read lock, a read-only server):
-  a DELETE that matches no row. A lock on particular rows does not stop it: rows locked
-  by a long transaction are not the database being away.
+"""The probe that tells whether the database answers right now: a new connection of a
+probe engine (:func:`iceprod_server.db.engine.make_probe_engine`), whose waits are short,
+reads (on SQLite, from the file itself). It ends within a couple of seconds whatever the
+database does, and a pooled connection the database has dropped cannot fool it.
 
 On SQLite the write side is the process's writer thread, probed with a unit of work of
 its own (:meth:`iceprod_server.executors.database.Database.health`).
@@ -14,9 +9,7 @@ its own (:meth:`iceprod_server.executors.database.Database.health`).
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, delete, text
-
-from iceprod_server.db.models import RequestKey
+from sqlalchemy import Engine, text
 
 
 def reads_answer(engine: Engine) -> bool:
@@ -26,10 +19,4 @@ def reads_answer(engine: Engine) -> bool:
         else:
             conn.execute(text("SELECT 1"))
         conn.rollback()
-    return True
-
-
-def writes_answer(engine: Engine) -> bool:
-    with engine.begin() as conn:
-        conn.execute(delete(RequestKey).where(RequestKey.created < 0))
     return True

@@ -204,7 +204,6 @@ class Database:
         # waiting on a database that does not answer holds no pool thread or connection
         self._probe_engine = make_probe_engine(engine.url, PROBE_TIMEOUT)
         self._probe_pool = ThreadPoolExecutor(1, thread_name_prefix="db-probe")
-        self._reads_answered = False
         # SQLite: one writer thread per process, many units per transaction
         self.writer: Writer | None = None
         if engine.dialect.name == "sqlite":
@@ -218,7 +217,7 @@ class Database:
             self.write_gate = Gate("writes", self._probe_writer)
         else:
             # one pool, one connection, one server: what stops one kind stops the other
-            self.read_gate = self.write_gate = Gate("reads and writes", self._probe_both)
+            self.read_gate = self.write_gate = Gate("reads and writes", self._probe_reads)
 
     def stop_probing(self) -> None:
         """Stop the probes of a closed gate (the server is stopping); on the event loop."""
@@ -296,13 +295,7 @@ class Database:
             self._probe_pool, fn, self._probe_engine)
 
     async def _probe_reads(self) -> bool:
-        self._reads_answered = await self._in_probe_thread(probe.reads_answer)
-        return self._reads_answered
-
-    async def _probe_both(self) -> bool:
-        self._reads_answered = False
-        self._reads_answered = await self._in_probe_thread(probe.reads_answer)
-        return await self._in_probe_thread(probe.writes_answer)
+        return await self._in_probe_thread(probe.reads_answer)
 
     async def _probe_writer(self) -> bool:
         # a unit of its own through the writer thread: it is answered only if the thread
@@ -313,15 +306,13 @@ class Database:
 
     async def health(self, timeout: float) -> dict[str, str]:
         """What ``/healthz`` says of the database, within ``timeout`` seconds:
-        ``database`` (a new connection reads) and ``writes`` (a write would go through:
-        on SQLite, the writer thread answers a unit of its own), each ``ok`` or what is
-        wrong. A failing probe closes the gates; a passing one opens them."""
-        if self.read_gate is self.write_gate:
-            ok = await self.read_gate.probe(timeout)
-            reads = ok or self._reads_answered
-            writes = ok
-        else:
-            reads, writes = await asyncio.gather(self.read_gate.probe(timeout),
-                                                 self.write_gate.probe(timeout))
+        ``database``, whether a new connection reads; on SQLite also ``writer``, whether
+        the writer thread answers a unit of its own. Each is ``ok`` or what is wrong. A
+        failing probe closes its gate; a passing one opens it."""
+        if self.writer is None:
+            reads = await self.read_gate.probe(timeout)
+            return {"database": "ok" if reads else "unreachable"}
+        reads, writes = await asyncio.gather(self.read_gate.probe(timeout),
+                                             self.write_gate.probe(timeout))
         return {"database": "ok" if reads else "unreachable",
-                "writes": "ok" if writes else "not answering"}
+                "writer": "ok" if writes else "not answering"}

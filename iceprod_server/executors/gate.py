@@ -7,10 +7,11 @@ the database gone, or when a health probe fails. While it is closed, calls throu
 -32005 at once (nothing was tried, so nothing was committed), and a probe runs about once a
 second, at most one at a time; the first probe that passes opens the gate again.
 
-A probe starts as soon as the gate closes, and a call that finds one in flight waits for
-it a moment (:data:`ADMIT_WAIT`): one unit that merely ran long (a statement stopped by
-the server) then costs the next caller a few milliseconds, not an error, while on a
-database that does not answer the call is still refused well within 100 ms.
+A probe starts as soon as the gate closes, and a call that finds this first probe in
+flight waits for it a moment (:data:`ADMIT_WAIT`): one unit that merely ran long (a
+statement stopped by the server) then costs the next caller a few milliseconds, not an
+error, while on a database that does not answer the call is still refused well within
+100 ms. Once the first probe has failed, calls are refused without waiting.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 # seconds between the starts of two probes while the gate is closed
 PROBE_INTERVAL = 1.0
-# seconds a call waits for a probe in flight before it is refused
-ADMIT_WAIT = 0.05
+# seconds a call waits for the first probe after the gate closed before it is refused
+ADMIT_WAIT = 0.04
 
 
 class Gate:
@@ -44,6 +45,7 @@ class Gate:
         self.closed_since: float | None = None  # monotonic
         self.closings = 0  # times the gate closed, for the curious
         self._inflight: asyncio.Future[bool] | None = None
+        self._first_probe: asyncio.Future[bool] | None = None  # the one started on closing
         self._prober: asyncio.Task[None] | None = None
 
     @property
@@ -55,7 +57,7 @@ class Gate:
         the probe in flight passes within :data:`ADMIT_WAIT`."""
         if self.closed_since is None:
             return
-        inflight = self._inflight
+        inflight = self._first_probe
         if inflight is not None and not inflight.done():
             try:
                 await asyncio.wait_for(asyncio.shield(inflight), ADMIT_WAIT)
@@ -77,6 +79,7 @@ class Gate:
             self.closed_since = time.monotonic()
             self.closings += 1
             log.warning("database %s: failing fast until a probe passes (%s)", self.name, why)
+            self._first_probe = self._start_probe()
         if self._prober is None or self._prober.done():
             self._prober = asyncio.ensure_future(self._probing())
 
@@ -90,16 +93,21 @@ class Gate:
         """Whether the database does this kind of work, waiting at most ``timeout``
         seconds for the probe in flight (or a new one). A probe that fails closes the gate,
         one that passes opens it, even after the wait here has ended."""
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.ensure_future(self._probe())
-            self._inflight.add_done_callback(self._probed)
+        inflight = self._start_probe()
         try:
-            return await asyncio.wait_for(asyncio.shield(self._inflight), timeout)
+            return await asyncio.wait_for(asyncio.shield(inflight), timeout)
         except TimeoutError:
             self.close(f"no answer to a probe within {timeout:g} s")
             return False
         except Exception:  # noqa: BLE001 - the probe's failure is the answer
             return False
+
+    def _start_probe(self) -> asyncio.Future[bool]:
+        """The probe in flight, or a new one: at most one at a time."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._probe())
+            self._inflight.add_done_callback(self._probed)
+        return self._inflight
 
     def _probed(self, future: asyncio.Future[bool]) -> None:
         if future.cancelled():

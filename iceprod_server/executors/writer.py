@@ -172,7 +172,10 @@ class Writer:
             self.units += len(live)
         for unit in live:
             ok, value = unit.outcome
-            unit.loop.call_soon_threadsafe(_answer, unit.future, ok, value)
+            try:
+                unit.loop.call_soon_threadsafe(_answer, unit.future, ok, value)
+            except RuntimeError:  # its event loop is closed: nobody is waiting
+                log.debug("no loop to answer %s", getattr(unit.fn, "__name__", unit.fn))
 
     def _commit_group(self, live: list[_Unit]) -> list[_Unit] | None:
         """Run the group in one transaction and commit it; returns the units to run

@@ -1,14 +1,13 @@
 """``GET /healthz``: whether this server process can do its work, for nginx, systemd and
 Kubernetes probes; answered within :data:`HEALTH_SECONDS` whatever the database does.
 
-200 ``{"status": "ok", "database": "ok", "writes": "ok", "scheduler_age_s": S,
-"scheduler_passes": N}``; 503 with ``"status": "unavailable"`` and what is wrong:
-``"database": "unreachable"`` when a new connection cannot read in time, ``"writes": "not
-answering"`` when a write would not go through (MariaDB: a statement that writes nothing
-but waits for anything that stops all writes; SQLite: the process's writer thread does not
-answer a unit of its own, because it is stuck, gone, or waiting for the write lock), and
-``"scheduler": "stalled"`` when no scheduler pass has ended well for :func:`stall_limit`
-seconds. ``scheduler_age_s`` is the time since the last pass ended well;
+200 ``{"status": "ok", "database": "ok", "scheduler_age_s": S, "scheduler_passes": N}``
+(on SQLite with ``"writer": "ok"``); 503 with ``"status": "unavailable"`` and what is
+wrong: ``"database": "unreachable"`` when a new connection cannot read in time, ``"writer":
+"not answering"`` (SQLite) when the process's writer thread does not answer a unit of its
+own in time (stuck in a long unit, or waiting for the write lock another process holds),
+and ``"scheduler": "stalled"`` when no scheduler pass has ended well for
+:func:`stall_limit` seconds. ``scheduler_age_s`` is the time since the last pass ended well;
 ``scheduler_passes`` counts them, so a test can wait for a pass that began after some
 moment. A failing database probe makes the server answer -32005 at once until a probe
 passes (:mod:`iceprod_server.executors.gate`).

@@ -141,7 +141,7 @@ def run_unit(engine: Engine, fn: Callable[..., T], *args: Any, write: bool = Tru
                     return result
         except (OperationalError, DBAPIError) as e:
             if committing:
-                if not commit_refused(e):
+                if write and not commit_refused(e):
                     log.warning("connection lost during the COMMIT of %s; it may have "
                                 "committed: %s", _name(fn), e.orig)
                     raise outcome_unknown(e) from e

@@ -54,7 +54,8 @@ class Gate:
 
     async def admit(self) -> None:
         """Return at once while the gate is open; while it is closed, raise -32005 unless
-        the probe in flight passes within :data:`ADMIT_WAIT`."""
+        the first probe since it closed is in flight and passes within
+        :data:`ADMIT_WAIT`."""
         if self.closed_since is None:
             return
         inflight = self._first_probe

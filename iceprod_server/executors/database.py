@@ -246,11 +246,12 @@ class Database:
         # The driver's own timeouts bound each socket wait of the thread; this bounds what
         # the caller waits, queueing for a thread included, whatever the database does.
         gate = self.write_gate if write else self.read_gate
-        try:
-            await gate.admit()
-        except Unavailable:
-            metrics.DB_UNAVAILABLE.inc()
-            raise
+        if gate.closed:
+            try:
+                await gate.admit()
+            except Unavailable:
+                metrics.DB_UNAVAILABLE.inc()
+                raise
         ticket = Ticket() if write else None
         started = time.perf_counter()
         try:

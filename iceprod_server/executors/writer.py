@@ -202,11 +202,13 @@ class Writer:
             try:
                 transaction.commit()
             except DBAPIError as e:
+                if not self._commit_refused(e):
+                    # the tickets stay "committing": a caller whose time runs out now is
+                    # told -32006 too
+                    raise _Committing(e) from e
                 for unit in live:
                     unit.ticket.commit_refused()
-                if self._commit_refused(e):
-                    raise  # nothing was kept: each unit runs again alone
-                raise _Committing(e) from e
+                raise  # nothing was kept: each unit runs again alone
         return None
 
     def _alone(self, unit: _Unit) -> tuple[bool, Any]:

@@ -7,11 +7,12 @@ the database gone, or when a health probe fails. While it is closed, calls throu
 -32005 at once (nothing was tried, so nothing was committed), and a probe runs about once a
 second, at most one at a time; the first probe that passes opens the gate again.
 
-A probe starts as soon as the gate closes, and a call that finds this first probe in
-flight waits for it a moment (:data:`ADMIT_WAIT`): one unit that merely ran long (a
-statement stopped by the server) then costs the next caller a few milliseconds, not an
-error, while on a database that does not answer the call is still refused well within
-100 ms. Once the first probe has failed, calls are refused without waiting.
+A probe starts as soon as the gate closes. A call that comes within :data:`ADMIT_WINDOW`
+of the closing, while that first probe is in flight, waits for it a moment
+(:data:`ADMIT_WAIT`): one unit that merely ran long (a statement stopped by the server)
+then costs the next caller a few milliseconds, not an error, while on a database that
+does not answer the call is still refused well within 100 ms. Any other call while the
+gate is closed is refused without waiting.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 # seconds between the starts of two probes while the gate is closed
 PROBE_INTERVAL = 1.0
-# seconds a call waits for the first probe after the gate closed before it is refused
-ADMIT_WAIT = 0.04
+# seconds a call waits for the first probe after the gate closed before it is refused,
+# and how long after the closing a call still waits for it
+ADMIT_WAIT = 0.02
+ADMIT_WINDOW = 0.2
 
 
 class Gate:
@@ -54,12 +57,13 @@ class Gate:
 
     async def admit(self) -> None:
         """Return at once while the gate is open; while it is closed, raise -32005 unless
-        the first probe since it closed is in flight and passes within
-        :data:`ADMIT_WAIT`."""
-        if self.closed_since is None:
+        the gate closed just now and its first probe passes within :data:`ADMIT_WAIT`."""
+        closed_since = self.closed_since
+        if closed_since is None:
             return
         inflight = self._first_probe
-        if inflight is not None and not inflight.done():
+        if (inflight is not None and not inflight.done()
+                and time.monotonic() - closed_since < ADMIT_WINDOW):
             try:
                 await asyncio.wait_for(asyncio.shield(inflight), ADMIT_WAIT)
             except Exception:  # noqa: BLE001, S110 - still closed: refused below

@@ -174,7 +174,11 @@ def test_unavailable_answers_keep_the_drivers_words_in_the_log(
     """An anonymous caller learns what happened and what to do; what the driver said
     (hosts, ports, users) is in the server's log under the request's id."""
     url, proxy = proxied_url
-    srv: ServerProcess = server(url, env={"ICEPROD_DB_TIMEOUT": str(DB_TIMEOUT)})
+    # the scheduler passes once, at the start, and then leaves the database to this call
+    srv: ServerProcess = server(url, env={"ICEPROD_DB_TIMEOUT": str(DB_TIMEOUT),
+                                          "ICEPROD_SCHEDULER_INTERVAL": "600"})
+    wait_until("the scheduler's first pass", lambda: json.loads(
+        http_get(srv.port, "/healthz")[1]).get("scheduler_passes", 0) >= 1)
     proxy.close()  # nothing listens there any more: the driver names the host it tried
     with pytest.raises(RPCError) as e:
         IceProdClient(srv.url, retries=0, timeout=30).call("public_get_datasets_by_status")

@@ -239,3 +239,28 @@ def test_a_finish_whose_commit_is_cut_is_reported_once(server: Any,
     wait_counts(srv.client(), dataset_id, {"complete": 1})
     direct = url.replace(f":{proxy.port}/", f":{databases.MARIADB_PORT}/")
     assert databases.scalar(direct, "SELECT COUNT(*) FROM task_stats") == 1
+
+
+def test_a_repeat_made_while_the_first_call_commits_waits_for_it(
+        server: Any, cut_proxy: tuple[str, TCPProxy]) -> None:
+    """MariaDB: the first submission's COMMIT is held (process A, through the proxy); the
+    same call with the same key reaches process B (straight to MariaDB) meanwhile. B waits
+    on the key the first call wrote, and once that COMMIT lands answers its dataset."""
+    url, proxy = cut_proxy
+    a: ServerProcess = server(url, env=ENV)
+    direct = url.replace(f":{proxy.port}/", f":{databases.MARIADB_PORT}/")
+    b: ServerProcess = server.another(a, env={**ENV, "ICEPROD_DB_URL": direct})
+    key = a.deployment.passkey("user", "alice")
+    params = {"config": config(task("a")), "request_key": "while-committing"}
+    proxy.on_commit("freeze", after=SUBMISSION)
+    first = in_thread(lambda: IceProdClient(a.url, passkey=key, retries=0,
+                                            timeout=30).call("submit_dataset", **params))
+    assert proxy.commit_caught.wait(30), "the COMMIT never came"
+    second = in_thread(lambda: IceProdClient(b.url, passkey=key, retries=0,
+                                             timeout=30).call("submit_dataset", **params))
+    time.sleep(1.0)
+    assert second[0].is_alive(), "the repeat did not wait for the first call"
+    proxy.forward()
+    dataset_id = outcome(*second)
+    assert outcome(*first) == dataset_id
+    assert datasets(b) == [dataset_id]

@@ -10,8 +10,8 @@ The key's row is written in the transaction of the call itself, first, so it exi
 exactly when the call took effect. A repeat that arrives while the first run is still
 committing waits for that transaction (the row's lock) and then sees its outcome: the
 first run's row, or none (it rolled back) and runs itself. Keys belong to their caller
-(``scope``): two callers' keys never meet. A key is kept ``request_key_seconds`` (a day by
-default; the scheduler forgets older ones), far longer than any client retries.
+(``scope``): two callers' keys never meet. A key is kept ``request_key_seconds`` (an hour
+by default; the scheduler's sweep forgets older ones), far longer than a client retries.
 """
 
 from __future__ import annotations

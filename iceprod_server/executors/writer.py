@@ -9,17 +9,16 @@ commits once, and only then answers the callers. Reads stay on the pool (WAL rea
 not wait for the writer).
 
 Several processes on one SQLite file still work: each has its own writer, and they queue
-on the busy timeout as before. When the group's ``BEGIN`` or ``COMMIT`` fails (another
-process held the lock past the timeout, the database went away), nothing of the group was
-kept, and each unit runs again on its own through :func:`run_unit`, with its retries.
+on the busy timeout as before. When the group's ``BEGIN`` fails, or its ``COMMIT`` fails
+on the lock (another process held it past the timeout: SQLite then has committed
+nothing), nothing of the group was kept, and each unit runs again on its own through
+:func:`run_unit`, with its retries. A ``COMMIT`` that fails for another reason leaves the
+group's outcome unknown: each caller gets -32006, and nothing runs again.
 
 Each unit carries its caller's :class:`~iceprod_server.executors.outcome.Ticket`. A unit
 whose caller gave up before the group's COMMIT is not committed: the group rolls back and
-runs again without it, so the -32005 its caller got stays true. A COMMIT that fails for
-another reason than the lock (SQLite answers "database is locked" having committed
-nothing) leaves the group's outcome unknown: each caller gets -32006, and nothing runs
-again. Whatever a unit raises, the thread goes on; a thread that ended anyway is started
-again by the next unit.
+runs again without it, so the -32005 its caller got stays true. Whatever a unit raises,
+the thread goes on; a thread that ended anyway is started again by the next unit.
 """
 
 from __future__ import annotations

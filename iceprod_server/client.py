@@ -1,9 +1,16 @@
 """A JSON-RPC client for the IceProd server, built on jsonrpclib-pelix.
 
 It adds what jsonrpclib leaves to the caller: the passkey header, a timeout on every
-request, retries with exponential backoff on -32005 (unavailable) and on connection errors
-(never on any other error, so a call that was refused is never repeated), and one typed
-exception, :class:`RPCError`, that keeps the server's ``data``.
+request, retries with exponential backoff, and one typed exception, :class:`RPCError`, that
+keeps the server's ``data``. What is retried follows what the answer says happened:
+
+- -32005 (unavailable: nothing was changed): always;
+- -32006 (outcome unknown) and a connection lost after the request was sent: only a call
+  that is safe to repeat: one that carries a ``request_key`` (the client gives every
+  call of :data:`KEYED` a new one, kept for its repeats, unless the caller set it), or a
+  pilot call whose repeat changes nothing once it took effect (:data:`REPEAT_SAFE`).
+  Anything else is raised to the caller, who must find out what happened;
+- any other error: never, so a call that was refused is never repeated.
 
 One :class:`IceProdClient` may be shared by several threads: each thread gets its own
 jsonrpclib proxy and HTTP connection, since a jsonrpclib transport holds per-request state.
@@ -23,6 +30,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 import xmlrpc.client
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +44,13 @@ from iceprod_server.rpc import jsonclass
 log = logging.getLogger(__name__)
 
 UNAVAILABLE = -32005
+OUTCOME_UNKNOWN = -32006
+# calls that take a request_key: a repeat with the same key answers the first result
+KEYED = frozenset({"submit_dataset", "new_task", "create_user", "issue_passkey",
+                   "create_group", "register_site"})
+# pilot calls that, repeated after they took effect, change nothing and answer the same
+REPEAT_SAFE = frozenset({"stillrunning", "set_processing", "finish_task", "task_error",
+                         "update_pilot"})
 # HTTP answers from a front end (nginx) that mean "the server is not there right now"
 _RETRY_HTTP = {502, 503, 504}
 # codes the client itself reports when no JSON-RPC answer arrived
@@ -140,8 +155,8 @@ class IceProdClient:
     ``url`` is the server's base URL (``http://host:port``) or its ``/jsonrpc`` URL.
     ``pilot_ref`` is sent as ``X-IceProd-Pilot`` so that pilots sharing one passkey are
     told apart. ``retries`` counts the extra attempts after the first. With
-    ``retry_sent=False`` a connection error is retried only when the request surely never
-    reached the server (connection refused), for calls that must not run twice.
+    ``retry_sent=False`` a connection error of a call that is not safe to repeat is
+    retried only when the request surely never reached the server (connection refused).
     """
 
     def __init__(self, url: str, passkey: str | None = None, timeout: float = 60.0,
@@ -194,13 +209,18 @@ class IceProdClient:
         """
         if args and kwargs:
             raise ValueError("JSON-RPC takes positional or named params, not both")
-        params: Any = list(args) if args else kwargs
+        params: Any = list(args) if args else dict(kwargs)
+        if method in KEYED and isinstance(params, dict) and params.get("request_key") is None:
+            # one key for the call and all its repeats: the server runs it at most once
+            params["request_key"] = uuid.uuid4().hex
+        safe = method in REPEAT_SAFE or (isinstance(params, dict)
+                                         and params.get("request_key") is not None)
         attempt = 0
         while True:
             try:
                 return self._call_once(method, params)
             except RPCError as e:
-                retryable = self._retryable(e)
+                retryable = self._retryable(e, safe)
                 if not retryable or attempt >= self.retries:
                     raise
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt)
@@ -209,14 +229,18 @@ class IceProdClient:
                 attempt += 1
                 time.sleep(delay)
 
-    def _retryable(self, e: RPCError) -> bool:
+    def _retryable(self, e: RPCError, safe: bool) -> bool:
+        """``safe``: the call may run twice without harm (a request key, or a repeat-safe
+        pilot call)."""
         data = e.data if isinstance(e.data, dict) else {}
         if e.code == UNAVAILABLE:
-            return True  # the server rolled the call back
+            return True  # nothing was changed
+        if e.code == OUTCOME_UNKNOWN:
+            return safe  # it may have taken effect
         if e.code == CONNECTION_ERROR:
-            return self.retry_sent or not data.get("sent", True)
+            return safe or self.retry_sent or not data.get("sent", True)
         if e.code == TRANSPORT_ERROR and data.get("http_status") in _RETRY_HTTP:
-            return self.retry_sent
+            return safe or self.retry_sent
         return False
 
     def _call_once(self, method: str, params: Any) -> Any:

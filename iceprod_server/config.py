@@ -37,8 +37,11 @@ class Config:
     db_pool_size: int = 10
     db_pool_recycle: int = 3600
     # seconds a unit of database work may take (locks, a pooled connection, a database that
-    # does not answer) before the caller gets -32005
+    # does not answer) before the caller gets -32005 (or -32006 if it was committing)
     db_timeout: float = 30.0
+    # seconds a call's request_key is remembered: a repeat within this time answers the
+    # first result instead of running again
+    request_key_seconds: float = 3600.0
     # seconds without a call about a processing task after which it is reset as "lost
     # contact" (a passkey may carry its own); IceProd 2 pilots call only while a module
     # runs, and their own server waited two hours
@@ -317,7 +320,7 @@ def _validate(config: Config) -> None:
     if config.shutdown_grace < 0:
         raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
     for name in ("lease_seconds", "first_contact_seconds", "queue_timeout",
-                 "scheduler_interval", "db_timeout",
+                 "scheduler_interval", "db_timeout", "request_key_seconds",
                  "idle_connection_timeout", "body_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")

@@ -18,6 +18,7 @@ FORBIDDEN = -32002
 NOT_FOUND = -32003
 CONFLICT = -32004
 UNAVAILABLE = -32005
+OUTCOME_UNKNOWN = -32006
 
 MESSAGES = {
     PARSE_ERROR: "Parse error",
@@ -30,6 +31,7 @@ MESSAGES = {
     NOT_FOUND: "Not found",
     CONFLICT: "Conflict",
     UNAVAILABLE: "Unavailable",
+    OUTCOME_UNKNOWN: "Outcome unknown",
 }
 
 
@@ -71,6 +73,21 @@ class Conflict(IceProdError):
 
 
 class Unavailable(IceProdError):
-    """The database is down or timed out; the caller may retry."""
+    """Nothing of the call was committed, nor will be (the database is down, busy or did
+    not answer before the unit reached its commit): the caller may simply call again.
+
+    ``detail`` is what the driver said; it goes to the server's log and to the local
+    commands' messages, never into an answer (it names hosts, ports and users)."""
 
     code = UNAVAILABLE
+    detail = ""
+
+
+class OutcomeUnknown(IceProdError):
+    """The unit was committing when its caller's time ran out, or the connection was lost
+    during its COMMIT: it may or may not have taken effect, and the server cannot tell.
+    A call is repeated safely only with the same ``request_key``, or if repeating it
+    changes nothing once it took effect."""
+
+    code = OUTCOME_UNKNOWN
+    detail = ""

@@ -53,7 +53,10 @@ DB_UNIT_SECONDS = Histogram("iceprod_db_unit_duration_seconds",
 DB_RETRIES = Counter("iceprod_db_retries", "units of database work run again after a lock "
                      "conflict")
 DB_UNAVAILABLE = Counter("iceprod_db_unavailable", "units of database work that ended in "
-                         "-32005 (database down, busy or too slow)")
+                         "-32005 (database down, busy or too slow; nothing committed)")
+DB_OUTCOME_UNKNOWN = Counter("iceprod_db_outcome_unknown", "units of database work that "
+                             "ended in -32006 (committing when the time ran out, or the "
+                             "connection lost during COMMIT)")
 TASKS = Gauge("iceprod_tasks", "tasks by status, from the database's counters", ["status"],
               multiprocess_mode="mostrecent")
 CLAIMS = Counter("iceprod_task_claims", "tasks handed to pilots by new_task")

@@ -23,9 +23,9 @@ import logging
 import time
 
 from iceprod_server import metrics
-from iceprod_server.db import scheduling
+from iceprod_server.db import request_keys, scheduling
 from iceprod_server.db.tasks import Backoff
-from iceprod_server.errors import Unavailable
+from iceprod_server.errors import OutcomeUnknown, Unavailable
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class Scheduler:
                 if any(summary.values()):
                     log.info("scheduler pass: %s",
                              ", ".join(f"{k}={v}" for k, v in summary.items() if v))
-            except Unavailable as e:
+            except (Unavailable, OutcomeUnknown) as e:
+                # every step is safe to run again: the next pass does
                 log.warning("scheduler pass skipped: %s", e.reason)
             except Exception:
                 log.exception("scheduler pass failed")
@@ -165,4 +166,6 @@ class Scheduler:
         if sweep:
             oldest = min(self._cursor[0], self._sweep_cursor[0])
             self._derived = {t: ts for t, ts in self._derived.items() if ts >= oldest}
+            await self.services.db.write(
+                request_keys.forget, time.time() - self.services.config.request_key_seconds)
         return jobs, datasets

@@ -126,8 +126,10 @@ class Services:
             self._gsiftp = None
 
     async def aclose(self) -> None:
-        """Close what needs the event loop (the GridFTP client), then :meth:`close`."""
+        """Close what needs the event loop (the GridFTP client, the database probes), then
+        :meth:`close`."""
         await self.close_gsiftp()
+        self.db.stop_probing()
         self.close()
 
     def close(self) -> None:

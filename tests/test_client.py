@@ -1,5 +1,6 @@
 """``iceprod_server.client``: the passkey header, URLs, timeouts, and retries only where a
-retry is safe (-32005 and connection errors), never after any other error."""
+retry is safe (-32005 and connection errors; -32006 only for a call with a request_key),
+never after any other error."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from iceprod_server.client import CONNECTION_ERROR, IceProdClient, RPCError, jsonrpc_url
-from iceprod_server.errors import Conflict, Unavailable
+from iceprod_server.errors import Conflict, OutcomeUnknown, Unavailable
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ANYONE
 from tests.support.inprocess import InProcessServer, extra_method, in_process_server
@@ -26,6 +27,14 @@ async def flaky(ctx: Context, fail_times: int = 0) -> str:
     calls["flaky"] = calls.get("flaky", 0) + 1
     if calls["flaky"] <= fail_times:
         raise Unavailable("database busy, try again")
+    return "ok"
+
+
+async def unknown_once(ctx: Context, request_key: str | None = None) -> str:
+    """-32006 for the first call, then success."""
+    calls["unknown"] = calls.get("unknown", 0) + 1
+    if calls["unknown"] == 1:
+        raise OutcomeUnknown("the database did not confirm the outcome")
     return "ok"
 
 
@@ -44,6 +53,7 @@ def app_server(tmp_path: Path, db_url: str) -> Iterator[InProcessServer]:
     deployment = Deployment.init(tmp_path / "data", db_url)
     with extra_method("test_flaky", flaky, ANYONE), \
             extra_method("test_refuse", refuse, ANYONE), \
+            extra_method("test_unknown_once", unknown_once, ANYONE), \
             extra_method("test_caller", caller_of, ANYONE), \
             in_process_server(deployment.data_dir, scheduler=False) as server:
         server.deployment = deployment  # type: ignore[attr-defined]
@@ -89,6 +99,17 @@ def test_never_retries_other_errors(app_server: InProcessServer) -> None:
     with pytest.raises(RPCError) as e:
         client.call("no_such_method")
     assert e.value.code == -32601
+
+
+def test_outcome_unknown_is_repeated_only_with_a_request_key(
+        app_server: InProcessServer) -> None:
+    client = IceProdClient(app_server.url, retries=3, backoff=0.01)
+    with pytest.raises(RPCError) as e:
+        client.call("test_unknown_once")
+    assert e.value.code == -32006 and calls["unknown"] == 1
+    calls.clear()
+    assert client.call("test_unknown_once", request_key="k-1") == "ok"
+    assert calls["unknown"] == 2
 
 
 def test_passkey_header_and_pilot_ref(app_server: InProcessServer) -> None:

@@ -1,6 +1,8 @@
 """The SQLite writer: write units of one process share transactions, each in its own
 savepoint, so one unit's error undoes only that unit; callers are answered after the
-commit; a second writer on the same file (another process) still gets its turn."""
+commit; a second writer on the same file (another process) still gets its turn; no free
+connection is -32005 (nothing was tried), and a unit that raises what ends threads
+(SystemExit) gets its caller an error and leaves the writer working."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.engine import make_engine
+from iceprod_server.errors import UNAVAILABLE, Unavailable
 from iceprod_server.executors.database import Database
 
 REQUEST = contextvars.ContextVar("REQUEST", default="")
@@ -111,5 +114,62 @@ def test_close_runs_what_is_queued(sqlite_url: str, units: int) -> None:
         with Session(engine) as s:
             assert sorted(_notes(s)) == list(range(units))
     finally:
+        pool.shutdown()
+        engine.dispose()
+
+
+def test_no_free_connection_for_the_writer_is_unavailable(sqlite_url: str) -> None:
+    """Every connection of the pool is in use for longer than the pool's timeout: the
+    writer's callers get -32005 (nothing was tried), not an internal error."""
+    engine = make_engine(sqlite_url, pool_size=1, timeout=1.0)  # two connections
+    pool = ThreadPoolExecutor(2)
+    db = Database(engine, pool, timeout=40)
+    held = [engine.connect() for _ in range(2)]
+
+    async def main() -> BaseException | None:
+        try:
+            await db.write(_make_table)
+        except BaseException as e:  # noqa: BLE001 - what the caller got
+            return e
+        return None
+
+    try:
+        error = asyncio.run(main())
+        assert isinstance(error, Unavailable) and error.code == UNAVAILABLE, repr(error)
+    finally:
+        for conn in held:
+            conn.close()
+        db.close()
+        pool.shutdown()
+        engine.dispose()
+
+
+def _exit(s: Session) -> None:
+    _make_table(s)
+    raise SystemExit("a unit that would end its thread")
+
+
+def test_a_unit_raising_systemexit_leaves_the_writer_working(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    pool = ThreadPoolExecutor(2)
+    db = Database(engine, pool, timeout=5)
+
+    async def main() -> tuple[BaseException | None, str]:
+        error = None
+        try:
+            await db.write(_exit)
+        except Exception as e:  # noqa: BLE001 - what the caller got
+            error = e
+        await db.write(_make_table)
+        return error, await _call(db, 1, False)
+
+    try:
+        error, after = asyncio.run(main())
+        assert isinstance(error, RuntimeError) and "SystemExit" in str(error), repr(error)
+        assert after == "request-1"
+        with Session(engine) as s:
+            assert _notes(s) == {1: "request-1"}
+    finally:
+        db.close()
         pool.shutdown()
         engine.dispose()

@@ -75,13 +75,14 @@ def _run(config: Config, fn: Callable[..., T], *args: Any, check: bool = True,
     except Conflict as e:
         raise CLIError(e.reason, EXIT_EXISTS) from e
     except IceProdError as e:
-        raise CLIError(e.reason + _detail(e.data)) from e
+        raise CLIError(e.reason + _detail(e)) from e
     finally:
         engine.dispose()
 
 
-def _detail(data: dict[str, Any]) -> str:
-    detail = data.get("detail")
+def _detail(e: IceProdError) -> str:
+    """What the driver said: the operator running a local command may see it."""
+    detail = getattr(e, "detail", "")
     return f" ({detail})" if detail else ""
 
 
@@ -234,7 +235,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except SchemaOutdated as e:
         raise CLIError(str(e), EXIT_USAGE) from e
     except IceProdError as e:
-        raise CLIError(f"database: {e.reason}{_detail(e.data)}") from e
+        raise CLIError(f"database: {e.reason}{_detail(e)}") from e
     finally:
         engine.dispose()
     try:

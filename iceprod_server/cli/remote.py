@@ -13,10 +13,10 @@ from iceprod_server.client import IceProdClient, RPCError
 from iceprod_server.states import TASK_STATES_SHOWN
 
 
-def _client(args: argparse.Namespace, retry_sent: bool = True) -> IceProdClient:
+def _client(args: argparse.Namespace) -> IceProdClient:
     try:
         return IceProdClient(args.url, passkey=args.passkey or None, timeout=args.timeout,
-                             retries=2, retry_sent=retry_sent)
+                             retries=2)
     except ValueError as e:
         raise CLIError(str(e), EXIT_USAGE) from e
 
@@ -47,8 +47,9 @@ def cmd_submit(args: argparse.Namespace) -> None:
         params["gridspec"] = args.gridspec
     if args.stat_key:
         params["stat_keys"] = args.stat_key
-    # a submission that reached the server is not sent again: it could make two datasets
-    client = _client(args, retry_sent=False)
+    # the client gives the submission a request_key: repeated after a lost answer or
+    # -32006, it still makes one dataset
+    client = _client(args)
     try:
         dataset_id = client.call("submit_dataset", **params)
     except RPCError as e:

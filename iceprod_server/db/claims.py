@@ -9,6 +9,11 @@ arrival order, the best task to the earliest caller, then one conditional ``UPDA
 one statement for the batch, the callers' values chosen by task id) and one ``SELECT`` of
 what was claimed. A task the conditional update did not change (another process took it)
 goes to nobody, so the exactly-once guarantee is that of a single claim.
+
+A call with a ``request_key`` writes its key first (:mod:`iceprod_server.db.
+request_keys`), with its claim token: a repeat of a call that took effect (its answer was
+lost, or was -32006) claims nothing new and answers the tasks that call claimed which the
+caller still holds.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from typing import Any
 from sqlalchemy import Integer, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
+from iceprod_server.db import request_keys
 from iceprod_server.db.models import Dataset, DatasetConfig, Task
 from iceprod_server.db.tasks import Offer, _claim_values, _listed, _requirements, _resources
+from iceprod_server.errors import IceProdError
 from iceprod_server.executors.batcher import Batcher
 
 
@@ -36,6 +43,16 @@ class ClaimRequest:
     claimant: str
     offer: Offer
     lease_seconds: float
+    request_key: str | None = None
+
+    def entry(self, token: str) -> request_keys.Entry:
+        assert self.request_key is not None
+        offer = self.offer
+        return request_keys.Entry(self.claimant, self.request_key, "new_task",
+                                  request_keys.fingerprint({
+                                      "cpu": offer.cpu, "gpu": offer.gpu,
+                                      "memory": offer.memory, "disk": offer.disk,
+                                      "time": offer.time, "os": offer.os}), token)
 
 
 # Statements of the hot path are built once; each call only binds values.
@@ -66,7 +83,7 @@ _CLAIM_ONE = (
 _CLAIMED = (
     select(Task.claim, Task.task_id, Task.name, Task.job_index, Task.attempt,
            Task.req_cpu, Task.req_gpu, Task.req_memory, Task.req_disk, Task.req_time,
-           Task.req_os, Task.dataset_id)
+           Task.req_os, Task.dataset_id, Task.status, Task.claimed_by)
     .where(Task.claim.in_(bindparam("b_tokens", expanding=True)))
     .order_by(Task.queue_rank, Task.task_id)
 )
@@ -144,17 +161,25 @@ def _per_caller(offer: Offer) -> int:
     return 2 * offer.cpu + 4
 
 
-def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[list[dict[str, Any]]]:
+Answer = list[dict[str, Any]] | IceProdError
+
+
+def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[Answer]:
     """Claim queued tasks for each request, in order; returns each request's task
-    descriptions (see :func:`_description`), an empty list when nothing fitted."""
+    descriptions (see :func:`_description`), an empty list when nothing fitted. A repeat
+    of a keyed call that took effect gets the tasks of that call the caller still holds;
+    a key used before for another offer, -32602."""
     conn = s.connection()
     query = _FITTING if conn.dialect.name == "sqlite" else _FITTING_LOCKED
-    groups: dict[Offer, list[int]] = {}
-    for i, r in enumerate(requests):
-        if r.offer.cpu >= 1:
-            groups.setdefault(r.offer, []).append(i)
     now = time.time()
     tokens = [secrets.token_hex(16) for _ in requests]
+    answers: list[Answer] = [[] for _ in requests]
+    # the claim token of each call that is a repeat, and whose answer is settled
+    repeats = _repeats(conn, requests, tokens, answers, now)
+    groups: dict[Offer, list[int]] = {}
+    for i, r in enumerate(requests):
+        if r.offer.cpu >= 1 and i not in repeats:
+            groups.setdefault(r.offer, []).append(i)
     claims: list[dict[str, Any]] = []
     for offer, members in groups.items():
         rows = list(conn.execute(query, {
@@ -169,17 +194,48 @@ def claim_batch(s: Session, requests: list[ClaimRequest]) -> list[list[dict[str,
                 taken.add(task_id)
                 claims.append({"b_id": task_id, "b_now": now, "b_token": tokens[i],
                                "b_claimant": r.claimant, "b_lease": now + r.lease_seconds})
-    answers: list[list[dict[str, Any]]] = [[] for _ in requests]
-    if not claims:
-        return answers
-    _claim(conn, claims, now)
+    if claims:
+        _claim(conn, claims, now)
     index = {token: i for i, token in enumerate(tokens)}
-    claimed = conn.execute(_CLAIMED, {"b_tokens": [c["b_token"] for c in claims]}).all()
+    for i, token in repeats.items():
+        if token:
+            index[token] = i
+    wanted = [c["b_token"] for c in claims] + [t for t in repeats.values() if t]
+    if not wanted:
+        return answers
+    claimed = [row for row in conn.execute(_CLAIMED, {"b_tokens": wanted})
+               if row.status == "processing"
+               and row.claimed_by == requests[index[row.claim]].claimant]
     datasets = {ds.dataset_id: ds for ds in conn.execute(
         _CLAIMED_DATASETS, {"b_ids": sorted({r.dataset_id for r in claimed})})}
     for row in claimed:
-        answers[index[row.claim]].append(_description(row, datasets[row.dataset_id]))
+        answer = answers[index[row.claim]]
+        assert isinstance(answer, list)
+        answer.append(_description(row, datasets[row.dataset_id]))
     return answers
+
+
+def _repeats(conn: Any, requests: list[ClaimRequest], tokens: list[str],
+             answers: list[Answer], now: float) -> dict[int, str]:
+    """Write the keys of the keyed calls; returns, for each call that must claim nothing
+    now, the claim token of its earlier run ("" for a key misused, whose -32602 is put
+    in ``answers``)."""
+    keyed = {i: r.entry(tokens[i]) for i, r in enumerate(requests) if r.request_key}
+    if not keyed:
+        return {}
+    rows = request_keys.take(conn, list(keyed.values()), now)
+    repeats: dict[int, str] = {}
+    for i, entry in keyed.items():
+        row = rows[(entry.scope, entry.key)]
+        if row.token == entry.token:
+            continue
+        problem = request_keys.repeat_problem(row, entry)
+        if problem is not None:
+            answers[i] = problem
+            repeats[i] = ""
+        else:
+            repeats[i] = row.token
+    return repeats
 
 
 def _claim(conn: Any, claims: list[dict[str, Any]], now: float) -> None:

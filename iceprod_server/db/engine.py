@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 PING_AFTER_IDLE = 1.0
 
 
-def is_sqlite(url: str) -> bool:
+def is_sqlite(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
@@ -42,6 +43,7 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
             connect_args={"timeout": timeout, "check_same_thread": False},
             pool_size=pool_size,
             max_overflow=pool_size,
+            pool_timeout=timeout,
         )
 
         @event.listens_for(engine, "connect")
@@ -62,12 +64,7 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
 
         return engine
 
-    parsed = make_url(url)
-    if parsed.drivername in ("mysql", "mariadb"):
-        parsed = parsed.set(drivername="mysql+mysqldb")
-    query = dict(parsed.query)
-    query.setdefault("charset", "utf8mb4")
-    parsed = parsed.set(query=query)
+    parsed = _mysql_url(url)
     seconds = int(max(timeout, 1))
     engine = create_engine(
         parsed,
@@ -96,6 +93,41 @@ def make_engine(url: str, pool_size: int = 10, pool_recycle: int = 3600,
             cur.close()
 
     _ping_after_idle(engine)
+    return engine
+
+
+def _mysql_url(url: str | URL) -> Any:
+    parsed = make_url(url)
+    if parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername="mysql+mysqldb")
+    query = dict(parsed.query)
+    query.setdefault("charset", "utf8mb4")
+    return parsed.set(query=query)
+
+
+def make_probe_engine(url: str | URL, timeout: float = 1.0) -> Engine:
+    """An engine whose every connection is new and whose every wait is short, for the
+    probes that tell whether the database answers (:mod:`iceprod_server.db.probe`): a
+    pooled connection could be one the database has already dropped, and the pool's long
+    timeouts would hold the probe for ``db_timeout``."""
+    if is_sqlite(url):
+        return create_engine(url, poolclass=NullPool,
+                             connect_args={"timeout": timeout, "check_same_thread": False})
+    seconds = int(max(timeout, 1))
+    engine = create_engine(_mysql_url(url), poolclass=NullPool,
+                           connect_args={"connect_timeout": seconds, "read_timeout": seconds,
+                                         "write_timeout": seconds})
+
+    @event.listens_for(engine, "connect")
+    def _on_probe_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"SET SESSION max_statement_time = {float(seconds)}")
+        except Exception as e:  # MySQL: unknown variable
+            log.debug("max_statement_time not set: %s", e)
+        finally:
+            cur.close()
+
     return engine
 
 

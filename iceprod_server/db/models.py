@@ -389,3 +389,22 @@ class SiteRefusal(Base):
     row_key: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(String(255))
     __table_args__ = (Index("ix_site_refusals_site", "site_id", "refusal_id"),)
+
+
+class RequestKey(Base):
+    """A call made with a client's ``request_key``: a repeat of the call with the same key
+    gets the first call's answer instead of running again (:mod:`iceprod_server.db.
+    request_keys`). The row is written in the transaction of the call itself, so it exists
+    exactly when the call took effect. ``scope`` is the caller (keys of different callers
+    never meet); ``token`` is made afresh by each run, which then knows whether the row is
+    its own; for ``new_task`` it is the claim token of the tasks that call claimed."""
+
+    __tablename__ = "request_keys"
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    token: Mapped[str] = mapped_column(String(32))
+    result: Mapped[Any] = mapped_column(JsonCol, nullable=True)
+    created: Mapped[float] = mapped_column(Double)
+    __table_args__ = (Index("ix_request_keys_created", "created"),)

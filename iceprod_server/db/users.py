@@ -137,6 +137,16 @@ def issue_passkey(s: Session, role: str, username: str | None = None,
             "expires": key.expires, "lease_seconds": lease_seconds}
 
 
+def new_passkey_secret(s: Session, key_id: str) -> str:
+    """Give an existing passkey a new secret (the old one stops working); returns it."""
+    token = new_token()
+    rows = changed(s, update(Passkey).where(Passkey.key_id == key_id)
+                   .values(key_hash=hash_token(token)))
+    if rows == 0:
+        raise NotFound(f"no passkey {key_id!r}")
+    return token
+
+
 def revoke_passkey(s: Session, key_id: str | None = None, token: str | None = None) -> int:
     """Revoke by id or by the key itself; returns how many keys were revoked (0 or 1)."""
     if not key_id and not token:

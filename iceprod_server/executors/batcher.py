@@ -8,8 +8,11 @@ commit. Under load the groups grow by themselves; alone, a call waits for nobody
 The unit answers each request with its result, or with an exception instance that concerns
 that caller alone (a refused claim, a task that is not the caller's), which is raised for
 that caller only. If the whole unit fails, every member of the group runs again alone, so
-that one caller's bad request is not the others' failure; a database that is unavailable is
-told to every caller at once.
+that one caller's bad request is not the others' failure. What the database did to the
+group's one transaction is each member's own outcome, and is told to each: -32005 (nothing
+committed) or -32006 (the COMMIT's outcome unknown; running the members again could do
+their work twice, so they are not). Calls still waiting for the next group had no part in
+it: they go on, and a database known to be away answers them -32005 at once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from iceprod_server.errors import Unavailable
+from iceprod_server.errors import OutcomeUnknown, Unavailable
 
 Req = TypeVar("Req")
 Ans = TypeVar("Ans")
@@ -63,7 +66,7 @@ class Batcher(Generic[Req, Ans]):
             answers = await self.write(self.unit, [r for r, _ in group])
             self.groups += 1
             self.calls += len(group)
-        except Unavailable as e:  # the database: every caller of the group is told
+        except (Unavailable, OutcomeUnknown) as e:  # the group's transaction: each member's
             for _, future in group:
                 if not future.done():
                     future.set_exception(e)

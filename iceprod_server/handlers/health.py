@@ -1,12 +1,16 @@
 """``GET /healthz``: whether this server process can do its work, for nginx, systemd and
 Kubernetes probes; answered within :data:`HEALTH_SECONDS` whatever the database does.
 
-200 ``{"status": "ok", "database": "ok", "scheduler_age_s": S, "scheduler_passes": N}``;
-503 with ``"status": "unavailable"`` and what is wrong: ``"database": "unreachable"`` when a
-read does not answer in time, ``"scheduler": "stalled"`` when no scheduler pass has ended
-well for :func:`stall_limit` seconds. ``scheduler_age_s`` is the time since the last pass
-ended well; ``scheduler_passes`` counts them, so a test can wait for a pass that began after
-some moment.
+200 ``{"status": "ok", "database": "ok", "scheduler_age_s": S, "scheduler_passes": N}``
+(on SQLite with ``"writer": "ok"``); 503 with ``"status": "unavailable"`` and what is
+wrong: ``"database": "unreachable"`` when a new connection cannot read in time, ``"writer":
+"not answering"`` (SQLite) when the process's writer thread does not answer a unit of its
+own in time (stuck in a long unit, or waiting for the write lock another process holds),
+and ``"scheduler": "stalled"`` when no scheduler pass has ended well for
+:func:`stall_limit` seconds. ``scheduler_age_s`` is the time since the last pass ended well;
+``scheduler_passes`` counts them, so a test can wait for a pass that began after some
+moment. A failing database probe makes the server answer -32005 at once until a probe
+passes (:mod:`iceprod_server.executors.gate`).
 """
 
 from __future__ import annotations
@@ -35,10 +39,10 @@ class HealthHandler(BaseHandler):
         services = self.services
         answer: dict[str, Any] = {"status": "ok"}
         # a little under the bound, for the time the answer itself takes
-        if await services.db.ping(HEALTH_SECONDS - 0.2):
-            answer["database"] = "ok"
-        else:
-            answer.update(status="unavailable", database="unreachable")
+        database = await services.db.health(HEALTH_SECONDS - 0.2)
+        answer.update(database)
+        if any(v != "ok" for v in database.values()):
+            answer["status"] = "unavailable"
         if services.scheduler_age is not None:
             age = services.scheduler_age()
             answer["scheduler_age_s"] = round(age, 3)

@@ -20,12 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from iceprod_server.client import CONNECTION_ERROR, TRANSPORT_ERROR, UNAVAILABLE, RPCError
+from iceprod_server.client import (
+    CONNECTION_ERROR,
+    OUTCOME_UNKNOWN,
+    TRANSPORT_ERROR,
+    UNAVAILABLE,
+    RPCError,
+)
 
 log = logging.getLogger("iceprod_pilot")
 
-# answers that mean "the server is not there right now": keep the log and try later
-_AWAY = {UNAVAILABLE, CONNECTION_ERROR, TRANSPORT_ERROR}
+# answers that mean "the server is not there right now": keep the log and try later. After
+# -32006 the log may have been stored: sending it again adds a second copy of the same
+# log, which is better than none
+_AWAY = {UNAVAILABLE, OUTCOME_UNKNOWN, CONNECTION_ERROR, TRANSPORT_ERROR}
 
 
 def server_away(error: RPCError) -> bool:

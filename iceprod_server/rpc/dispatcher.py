@@ -122,7 +122,7 @@ class Dispatcher:
             result = await self.call(name, params, caller, remote_ip)
         except IceProdError as e:
             outcome = e.code
-            response = _response(req_id, error=error_object(e.code, None, e.data))
+            response = _response(req_id, error=error_object(e.code, None, _data(e)))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -163,6 +163,17 @@ class Dispatcher:
         kwargs = bind(method, params)
         ctx = Context(caller=caller, services=self.services, remote_ip=remote_ip)
         return await method.func(ctx, **kwargs)
+
+
+def _data(e: IceProdError) -> dict[str, Any]:
+    """An error's ``data``; for the database's -32005 and -32006, with the request's id:
+    the server's log has what the driver said under that id (never the answer: it names
+    hosts, ports and users)."""
+    if e.code in (errors.UNAVAILABLE, errors.OUTCOME_UNKNOWN):
+        request_id = log_format.REQUEST_ID.get()
+        if request_id:
+            return {**e.data, "request_id": request_id}
+    return e.data
 
 
 def _internal_error() -> dict[str, Any]:

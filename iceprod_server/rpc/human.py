@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from iceprod_server import dataset_config
-from iceprod_server.db import bulk, datasets, reads
+from iceprod_server.db import bulk, datasets, reads, request_keys
 from iceprod_server.db.audit import Actor
 from iceprod_server.errors import (
     CONFLICT,
@@ -18,6 +18,7 @@ from iceprod_server.errors import (
     INVALID_PARAMS,
     NOT_AUTHENTICATED,
     NOT_FOUND,
+    OUTCOME_UNKNOWN,
     UNAVAILABLE,
     InvalidParams,
 )
@@ -25,7 +26,7 @@ from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, PUBLIC, USER, Id, rpc_method
 
 ACTION_ERRORS = (INVALID_PARAMS, NOT_AUTHENTICATED, FORBIDDEN, NOT_FOUND, CONFLICT,
-                 UNAVAILABLE)
+                 UNAVAILABLE, OUTCOME_UNKNOWN)
 READ_ERRORS = (INVALID_PARAMS, NOT_AUTHENTICATED, NOT_FOUND, UNAVAILABLE)
 
 
@@ -43,10 +44,12 @@ def _config(config: dict[str, Any] | str) -> Any:
 
 # --- datasets -------------------------------------------------------------------------
 
-@rpc_method(USER, ADMIN, errors=(INVALID_PARAMS, NOT_AUTHENTICATED, FORBIDDEN, UNAVAILABLE))
+@rpc_method(USER, ADMIN, errors=(INVALID_PARAMS, NOT_AUTHENTICATED, FORBIDDEN, UNAVAILABLE,
+                                  OUTCOME_UNKNOWN))
 async def submit_dataset(ctx: Context, config: dict[str, Any] | str, description: str = "",
                          njobs: int = 1, gridspec: str = "", stat_keys: list[str] | None = None,
-                         debug: bool = False, priority: float = 0.0, group: str = "") -> Id:
+                         debug: bool = False, priority: float = 0.0, group: str = "",
+                         request_key: str | None = None) -> Id:
     """Submit a dataset; returns its dataset_id.
 
     ``config`` is an IceProd dataset config (version 3), as an object or as JSON text; it is
@@ -55,11 +58,20 @@ async def submit_dataset(ctx: Context, config: dict[str, Any] | str, description
     100,000,000) jobs each run every task of the config; they are created as the queue needs
     them. ``group`` names an existing group (its priority share applies); ``stat_keys`` are
     the statistics kept from each finished task; a ``debug`` dataset suspends a task at its
-    first error instead of retrying it. The caller owns the dataset.
+    first error instead of retrying it. The caller owns the dataset. A repeat with the same
+    ``request_key`` (after -32006, or a lost answer) returns the first call's dataset_id
+    and submits nothing.
     """
+    key = request_keys.check(request_key)
+    parsed = _config(config)
+    stat_keys = stat_keys or []
+    params = {"config": parsed, "description": description, "njobs": njobs,
+              "gridspec": gridspec, "stat_keys": stat_keys, "debug": debug,
+              "priority": priority, "group": group}
     result = await ctx.services.db.write(
-        datasets.submit_dataset, actor(ctx), _config(config), description, njobs, gridspec,
-        stat_keys or [], debug, priority, group)
+        request_keys.once, ctx.caller.actor, key, "submit_dataset", params,
+        datasets.submit_dataset, actor(ctx), parsed, description, njobs, gridspec,
+        stat_keys, debug, priority, group)
     ctx.services.wake_scheduler()
     dataset_id: str = result["dataset_id"]
     return dataset_id

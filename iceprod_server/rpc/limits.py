@@ -55,6 +55,9 @@ _COLUMNS: dict[tuple[str, str], InstrumentedAttribute[Any] | int] = {
     ("update_pilot", "hostname"): m.Pilot.hostname,
     ("upload_logfile", "name"): m.TaskLog.name,
     ("upload_logfile", "data"): UNLIMITED,
+    **{(method, "request_key"): m.RequestKey.request_key
+       for method in ("submit_dataset", "create_user", "issue_passkey", "create_group",
+                      "register_site", "new_task")},
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from iceprod_server import metrics
 from iceprod_server.db import pilots as pilot_db
+from iceprod_server.db import request_keys
 from iceprod_server.db import tasks as task_db
 from iceprod_server.db.claims import ClaimRequest
 from iceprod_server.errors import (
@@ -25,7 +26,7 @@ from iceprod_server.errors import (
     NOT_FOUND,
     IceProdError,
     InvalidParams,
-    Unavailable,
+    OutcomeUnknown,
 )
 from iceprod_server.files import tasklogs
 from iceprod_server.rpc.context import Context
@@ -68,7 +69,8 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
                    domain: str | None = "", ifaces: Any = None, os: str | None = None,
                    cpu: int | None = 1, gpu: int | list[Any] | None = 0,
                    memory: float | None = 8.0, disk: float | None = 100.0,
-                   time: float | None = 24.0) -> list[dict[str, Any]]:
+                   time: float | None = 24.0,
+                   request_key: str | None = None) -> list[dict[str, Any]]:
     """Claim queued tasks that fit in the resources offered, highest priority first.
 
     ``memory`` and ``disk`` are in GB, ``time`` in hours. Several tasks are packed into the
@@ -79,6 +81,9 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
     (number), job (index), jobs_submitted, debug, resources (exactly cpu, gpu,
     memory, disk, time) and attempt. Each task is now ``processing`` under the caller's
     claim, whose lease any call about the task renews.
+
+    A repeat with the same ``request_key`` (after -32006, or a lost answer) claims nothing
+    new: it answers the tasks the first call claimed that the caller still holds.
     """
     offer = task_db.Offer(
         cpu=int(cpu if cpu is not None else 1), gpu=_count(gpu),
@@ -87,9 +92,10 @@ async def new_task(ctx: Context, gridspec: str | None = "", hostname: str | None
         time=float(time if time is not None else 24.0), os=os or None)
     if min(offer.cpu, offer.gpu, offer.memory, offer.disk, offer.time) < 0:
         raise InvalidParams("resources offered must not be negative")
+    key = request_keys.check(request_key)
     # calls arriving together are claimed together (iceprod_server.db.claims)
     claimed = await ctx.services.claims.claim(
-        ClaimRequest(_claimant(ctx), offer, first_lease(ctx)))
+        ClaimRequest(_claimant(ctx), offer, first_lease(ctx), key))
     metrics.CLAIMS.inc(len(claimed))
     return claimed
 
@@ -181,10 +187,12 @@ async def upload_logfile(ctx: Context, task: Id, name: str, data: str | bytes) -
     try:
         return await db.write(task_db.store_log, task, claimant, name, stored.size,
                               stored.text, stored.path, _lease(ctx))
-    except Unavailable:
-        raise  # the unit may still commit: its file must stay
+    except OutcomeUnknown:
+        raise  # the unit may have committed: its file must stay
     except IceProdError:
-        if stored.path:  # refused (the claim moved on meanwhile): no row, so no file
+        # refused (the claim moved on meanwhile), or not committed (-32005): no row, so
+        # no file
+        if stored.path:
             await ctx.services.run_fs(tasklogs.remove, root, stored)
         raise
 

@@ -167,3 +167,29 @@ def test_connections_dropped_while_idle_are_replaced_unseen(server: Any) -> None
             assert counts == {"queued": 3}
             assert user.call("public_get_dataset",
                              dataset_id=dataset_id)["status"] == "processing"
+
+
+def test_unavailable_answers_keep_the_drivers_words_in_the_log(
+        server: Any, proxied_url: tuple[str, TCPProxy]) -> None:
+    """An anonymous caller learns what happened and what to do; what the driver said
+    (hosts, ports, users) is in the server's log under the request's id."""
+    url, proxy = proxied_url
+    # the scheduler passes once, at the start, and then leaves the database to this call
+    srv: ServerProcess = server(url, env={"ICEPROD_DB_TIMEOUT": str(DB_TIMEOUT),
+                                          "ICEPROD_SCHEDULER_INTERVAL": "600"})
+    wait_until("the scheduler's first pass", lambda: json.loads(
+        http_get(srv.port, "/healthz")[1]).get("scheduler_passes", 0) >= 1)
+    proxy.close()  # nothing listens there any more: the driver names the host it tried
+    with pytest.raises(RPCError) as e:
+        IceProdClient(srv.url, retries=0, timeout=30).call("public_get_datasets_by_status")
+    assert e.value.code == -32005
+    data = e.value.data
+    assert set(data) == {"reason", "request_id"}, data
+    assert "nothing was changed" in data["reason"] and "try again" in data["reason"], data
+    logged = [line for line in srv.log_text().splitlines() if data["request_id"] in line]
+    said = [line for line in logged if "database unavailable: (" in line]
+    assert said, logged
+    driver = said[0].split("database unavailable: ", 1)[1].rsplit(" [request", 1)[0]
+    answer = json.dumps(data)
+    assert driver not in answer and "127.0.0.1" not in answer
+    assert str(proxy.port) not in answer and "root" not in answer

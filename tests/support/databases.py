@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,3 +107,42 @@ def row_counts(url: str) -> dict[str, int]:
         tables = sorted(sqlalchemy.inspect(conn).get_table_names())
         return {t: int(conn.execute(sqlalchemy.text(f"SELECT COUNT(*) FROM {t}")).scalar_one())
                 for t in tables}
+
+
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+class SQLiteWriteLock:
+    """Another process that holds the write lock of a SQLite file (``BEGIN IMMEDIATE``)
+    until :meth:`release`: every writer of the file waits, readers go on (WAL)."""
+
+    def __init__(self, url: str) -> None:
+        self.path = url.removeprefix("sqlite:///")
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SQLiteWriteLock:
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, self.path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip() == "locked", f"the lock holder said {line!r}"
+        return self
+
+    def release(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.stdin is not None:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        proc.wait(timeout=30)
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()

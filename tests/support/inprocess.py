@@ -78,8 +78,10 @@ class InProcessServer:
             self._http.stop()
             await self._http.close_all_connections()
         if self.services is not None:
-            # the GridFTP client belongs to this loop: close it while the loop runs
+            # the GridFTP client and the database probes belong to this loop: close them
+            # while the loop runs
             await self.services.close_gsiftp()
+            self.services.db.stop_probing()
 
     def stop(self) -> None:
         try:

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
 import zlib
-from pathlib import Path
 from typing import Any
 
 from iceprod_server import metrics
 from iceprod_server.db import tasks as task_db
 from iceprod_server.db.claims import ClaimRequest
-from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams, Unavailable
-from iceprod_server.files.storage import storage_full
+from iceprod_server.errors import CONFLICT, NOT_FOUND, InvalidParams
+from iceprod_server.files.logfiles import write_log_file
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, ANYONE, PILOT, Id, rpc_method
 
@@ -164,23 +162,6 @@ def _decode_log(data: str) -> str:
     return data
 
 
-def _write_log_file(root: Path, task_id: str, name: str, text: bytes) -> str:
-    folder = root / "logs" / task_id[:6] / task_id
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.{os.urandom(4).hex()}.log"
-    tmp = target.with_suffix(".tmp")
-    try:
-        tmp.write_bytes(text)
-        tmp.replace(target)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)  # nothing half-written stays
-        if storage_full(e):
-            # the pilot may try again later (the reference pilot keeps the log meanwhile)
-            raise Unavailable("no space left for the log on the server") from e
-        raise
-    return str(target.relative_to(root))
-
-
 @rpc_method(PILOT, ADMIN, errors=(NOT_FOUND, CONFLICT))
 async def upload_logfile(ctx: Context, task: Id, name: str, data: str | bytes) -> dict[str, Any]:
     """Store a log of the caller's attempt: ``stdout``, ``stderr``, ``stdlog`` or any name
@@ -200,7 +181,7 @@ async def upload_logfile(ctx: Context, task: Id, name: str, data: str | bytes) -
     path = None
     inline: str | None = text
     if len(encoded) > ctx.services.config.log_inline_max:
-        path = await ctx.services.run_fs(_write_log_file, ctx.services.config.path(), task,
+        path = await ctx.services.run_fs(write_log_file, ctx.services.config.path(), task,
                                          name, encoded)
         inline = None
     return await db.write(task_db.store_log, task, claimant, name, len(encoded), inline, path,

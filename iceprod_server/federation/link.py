@@ -41,6 +41,8 @@ MAX_PULL = 1000  # what queue_master hands out at most
 # seconds between checks of the local queue (at most site_interval)
 PULL_CHECK = 0.25
 DOWN_TABLES = ["tasks", "datasets", "dataset_configs"]
+# bytes of a call's body from which it asks the master first (Expect: 100-continue)
+EXPECT_CONTINUE_FROM = 64 * 1024
 # a process holds the link this many intervals (at least HOLD_MIN seconds) past its last
 # renewal, and acts on it only for the first half of that: a holder that cannot renew
 # stops before another may take over
@@ -184,7 +186,11 @@ class SiteLink:
             self.config.site_master, method="POST", body=body,
             headers={"Content-Type": "application/json",
                      "Authorization": f"Bearer {self.config.site_key}"},
-            connect_timeout=10.0, request_timeout=120.0)
+            connect_timeout=10.0, request_timeout=120.0,
+            # a large body waits for the master's (or nginx's) go-ahead: a body over its
+            # limit is then refused with 413 before it is sent, where sending it would
+            # end in a broken connection that says nothing about the size
+            expect_100_continue=len(body) > EXPECT_CONTINUE_FROM)
         try:
             response = await self.http.fetch(request)
             answer = json.loads(response.body)

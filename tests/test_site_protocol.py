@@ -143,9 +143,10 @@ def test_a_clock_minutes_ahead_cannot_make_an_old_change_win(server: Any,
     first, second = handed["tasks"]
     # the site's clock runs four minutes ahead (within the master's five): its versions
     # say so
-    newer = _task_change(a_id, first, {"status": "complete"}, _version(a_id, 4 * MINUTE_MS, 5))
+    ahead = int(time.time() * 1000) + 4 * MINUTE_MS  # one wall time, two counters
+    newer = _task_change(a_id, first, {"status": "complete"}, hlc.encode(ahead, 5, a_id))
     older = _task_change(a_id, first, {"status": "reset", "failures": 1},
-                         _version(a_id, 4 * MINUTE_MS, 1))
+                         hlc.encode(ahead, 1, a_id))
     answer = site_a.call("master_update", changes=[newer, older])
     assert [r.get("outcome") for r in answer["results"]] == ["applied", "stale"]
     # a stale answer names the version the task has: the site stamps above it to go again

@@ -200,6 +200,7 @@ class _Batch:
         self.inserts: dict[Any, list[dict[str, Any]]] = {TaskStat: [], TaskLog: []}
         # logs whose last piece came in this batch: (index of the change, origin)
         self.assemble: list[tuple[int, str]] = []
+        self.pieces = False
 
 
 def _apply_one(s: Session, batch: _Batch, site_id: str, index: int, change: Any, now: float,
@@ -253,6 +254,7 @@ def _piece(s: Session, batch: _Batch, index: int, origin: str, task_id: str, att
              "created": values["created"], "offset": values["offset"], "end": values["end"],
              "size": values["size"], "data": values["data"]}
     received = sync_logs.store_piece(s, origin, piece, now)
+    batch.pieces = True
     if received >= values["size"]:
         # the log is whole: the caller writes it out and stores it, then answers "applied"
         batch.assemble.append((index, origin))
@@ -307,7 +309,7 @@ def apply_changes(s: Session, site_id: str, changes: list[Any], now: float,
         s.execute(insert(SiteRefusal), refusals[:100])
         s.execute(delete(SiteRefusal).where(SiteRefusal.site_id == site_id,
                                             SiteRefusal.created < now - REFUSALS_KEPT))
-    if batch.assemble:
+    if batch.pieces:
         sync_logs.drop_old_pieces(s, now)
     stats: dict[str, Any] = {"applied": SiteState.applied + applied,
                              "refused": SiteState.refused + len(refusals)}

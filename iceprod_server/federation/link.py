@@ -48,6 +48,7 @@ EXPECT_CONTINUE_FROM = 64 * 1024
 # stops before another may take over
 HOLD_INTERVALS = 10
 HOLD_MIN = 3.0
+COUNTS = ("pulled", "pushed", "refused", "taken_back")
 
 
 class LinkDown(Exception):
@@ -149,6 +150,11 @@ class SiteLink:
             await self.services.db.read(sync_client.load_clock, self.clock)
             if before and before.get("holder") != self.holder:
                 self.cursor = before.get("cursor")
+                # the counts the overview shows are the site's, carried from holder to
+                # holder (a restart included)
+                for name in COUNTS:
+                    if isinstance(before.get(name), int):
+                        setattr(self, name, before[name])
             log.info("this process runs the link to the master")
         self._leading_until = started + self.hold / 2
 

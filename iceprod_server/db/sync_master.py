@@ -62,8 +62,12 @@ def touch(s: Session, site_id: str, now: float, lease_seconds: float,
     if backlog is not None:
         values["outbox_backlog"] = backlog
     if not changed(s, update(SiteState).where(SiteState.site_id == site_id).values(**values)):
-        s.execute(insert(SiteState).values(site_id=site_id, refused=0, applied=0,
-                                           outbox_backlog=backlog or 0, last_contact=now))
+        # a site's first calls may come together (its puller and its down-sync): the
+        # second insert finds the row there and leaves it
+        ignore = "OR IGNORE" if s.get_bind().dialect.name == "sqlite" else "IGNORE"
+        s.execute(insert(SiteState).prefix_with(ignore).values(
+            site_id=site_id, refused=0, applied=0, outbox_backlog=backlog or 0,
+            last_contact=now))
     # only leases past their middle are renewed: a site calling every second does not
     # rewrite every row it holds every second
     s.execute(update(Task).where(Task.site_id == site_id, Task.status == "processing",

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from iceprod_server.db import sync_logs
+from iceprod_server.db.sync_apply import PIECE_KEYS
 from iceprod_server.files.logfiles import LogFileWriter, remove_log_file, write_log_file
 from iceprod_server.rpc.context import Context
 
@@ -20,7 +21,6 @@ from iceprod_server.rpc.context import Context
 # judged (and refused, or kept in the database row) by the unit of work
 _TASK_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-PIECE_KEYS = ("offset", "end", "size")
 
 
 async def spill(ctx: Context, changes: list[Any]) -> dict[int, str]:

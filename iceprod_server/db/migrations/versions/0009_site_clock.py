@@ -55,5 +55,6 @@ def downgrade() -> None:
     op.drop_table("site_link")
     op.drop_index("ix_site_log_pieces_received", table_name="site_log_pieces")
     op.drop_table("site_log_pieces")
-    with op.batch_alter_table("outbox") as batch:
-        batch.drop_column("sent")
+    # a plain DROP COLUMN: on SQLite a batch (copy and rename) trips over the triggers
+    # that insert into the outbox
+    op.drop_column("outbox", "sent")

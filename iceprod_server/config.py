@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
 CONFIG_FILE = "iceprod.toml"
+# the smallest push a client site makes (bytes): a master refusing even this is misconfigured
+MIN_PUSH_BYTES = 64 * 1024
 
 
 class ConfigError(ValueError):
@@ -113,9 +115,19 @@ class Config:
     site_interval: float = 1.0
     # changes per master_update call
     site_push_batch: int = 500
+    # bytes of changes per master_update call (its JSON body, about); a log larger than
+    # this goes in pieces. Halved for the life of the process when the master answers 413.
+    site_push_bytes: int = 4 * 1024 * 1024
+    # at the master: seconds a site's version may be ahead of the master's own clock; a
+    # change stamped further ahead is refused (the site keeps it, and stamps it again)
+    site_max_ahead: float = 300.0
     # at the master: seconds a site may stay silent before the tasks it holds are
     # reclaimed and handed to others
     site_lease_seconds: float = 600.0
+    # for tests and diagnosis only: seconds added to this server's wall clock where it
+    # makes and judges federation versions (negative: behind), to see what a site whose
+    # clock is wrong does. Never set in production.
+    debug_clock_offset: float = 0.0
     # cookie secret; empty means read <data_dir>/cookie_secret (written by init)
     cookie_secret: str = ""
     # -- files: downloads and uploads under <data_dir>/files ([files] table) ------------
@@ -348,6 +360,11 @@ def _validate(config: Config) -> None:
     for name in ("proxy_timeout", "proxy_connect_timeout", "gsiftp_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.site_push_bytes < MIN_PUSH_BYTES:
+        raise ConfigError(f"site_push_bytes must be at least {MIN_PUSH_BYTES}, "
+                          f"got {config.site_push_bytes}")
+    if config.site_max_ahead <= 0:
+        raise ConfigError(f"site_max_ahead must be positive, got {config.site_max_ahead}")
     if config.gsiftp_threads < 1:
         raise ConfigError(f"gsiftp_threads must be at least 1, got {config.gsiftp_threads}")
     if config.db_url and not config.db_url.startswith(("sqlite", "mysql", "mariadb")):

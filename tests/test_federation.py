@@ -104,6 +104,11 @@ def test_two_sites_complete_a_dataset_exactly_once_with_logs(
     dataset_id = submit(fed.user, quick_config("generate", "process"), njobs=njobs)
     for site in fed.sites:
         start_site(site, fed.tmp / "logs")
+    # pilots only once both sites hold work: the first site's pilots could otherwise run
+    # the whole dataset while the second is starting
+    wait_until("both sites to hold work", lambda: all(
+        s["tasks_held"] > 0 for s in fed.status().values()), timeout=30)
+    for site in fed.sites:
         start_pilots(site, 2, fed.tmp / "pilots")
     master = fed.master.client()
     wait_until("every task complete at the master",
@@ -147,10 +152,12 @@ def test_master_away_clients_keep_running_and_converge(federation: MakeFederatio
     dataset_id = submit(fed.user, quick_config("work", seconds=0.5), njobs=njobs)
     for site in fed.sites:
         start_site(site, fed.tmp / "logs", {"ICEPROD_SITE_PULL": "10"})
-        start_pilots(site, 1, fed.tmp / "pilots")
     master = fed.master.client()
+    # pilots only once both sites hold work (see above)
     wait_until("both sites to hold work", lambda: all(
         s["tasks_held"] > 0 for s in fed.status().values()), timeout=30)
+    for site in fed.sites:
+        start_pilots(site, 1, fed.tmp / "pilots")
     fed.master.stop()
     stopped = time.monotonic()
     # the clients go on with what they hold and queue what they report

@@ -13,12 +13,15 @@ from typing import Any
 
 from iceprod_server.client import IceProdClient, RPCError
 from iceprod_server.federation import hlc
+from tests.support.databases import scalar
 from tests.support.datasets import counts, submit, wait_until
 from tests.support.federation import add_site, quick_config
+from tests.support.http import fetch
 from tests.support.jsonrpc import expect_error, request
 from tests.support.servers import Deployment, iceprod_server, unused_port
 
 HOUR_MS = 3600 * 1000
+MINUTE_MS = 60 * 1000
 
 
 def _version(site_id: str, ahead_ms: int = 0, counter: int = 0) -> str:
@@ -131,33 +134,94 @@ def test_a_site_changes_only_what_it_holds(server: Any, db_url: str) -> None:
     assert user.call("public_get_task", task_id=task["task_id"])["status"] == "complete"
 
 
-def test_a_clock_an_hour_ahead_cannot_make_an_old_change_win(server: Any,
+def test_a_clock_minutes_ahead_cannot_make_an_old_change_win(server: Any,
                                                              db_url: str) -> None:
     master, user, admin = _setup(server, db_url)
     dataset_id = submit(user, quick_config("a"), njobs=2)
     a_id, site_a = _site(master, "site-a")
     handed = _pull(site_a, dataset_id, num=2)
     first, second = handed["tasks"]
-    # the site's clock runs an hour ahead: its versions say so
-    newer = _task_change(a_id, first, {"status": "complete"}, _version(a_id, HOUR_MS, 5))
+    # the site's clock runs four minutes ahead (within the master's five): its versions
+    # say so
+    ahead = int(time.time() * 1000) + 4 * MINUTE_MS  # one wall time, two counters
+    newer = _task_change(a_id, first, {"status": "complete"}, hlc.encode(ahead, 5, a_id))
     older = _task_change(a_id, first, {"status": "reset", "failures": 1},
-                         _version(a_id, HOUR_MS, 1))
+                         hlc.encode(ahead, 1, a_id))
     answer = site_a.call("master_update", changes=[newer, older])
     assert [r.get("outcome") for r in answer["results"]] == ["applied", "stale"]
+    # a stale answer names the version the task has: the site stamps above it to go again
+    assert answer["results"][1]["version"] == newer["version"]
     task = user.call("public_get_task", task_id=first["task_id"])
     assert (task["status"], task["failures"]) == ("complete", 0)
     # the master's clock follows the site's, so what it hands out next is newer still
     assert answer["version"] > newer["version"]
     offset = {s["name"]: s for s in admin.call("site_status")}["site-a"]["clock_offset"]
-    assert 3500 < offset < 3700
+    assert 230 < offset < 250
 
     # the master takes the second task back; a change stamped two hours ahead is refused
+    # for that (ownership comes first), not for its clock
     user.call("suspend_tasks", task_ids=[second["task_id"]])
     late = _task_change(a_id, second, {"status": "complete"}, _version(a_id, 2 * HOUR_MS))
     answer = site_a.call("master_update", changes=[late])
     assert answer["results"][0]["ok"] is False
     assert "not held" in answer["results"][0]["error"]
+    assert "retry" not in answer["results"][0]
     assert user.call("public_get_task", task_id=second["task_id"])["status"] == "suspended"
+
+
+def test_a_version_an_hour_ahead_is_refused_for_now_and_pulls_no_clock(server: Any,
+                                                                      db_url: str) -> None:
+    master, user, admin = _setup(server, db_url)
+    dataset_id = submit(user, quick_config("a"), njobs=2)
+    a_id, site_a = _site(master, "site-a")
+    _, site_b = _site(master, "site-b")
+    task = _pull(site_a, dataset_id)["tasks"][0]
+    future = _task_change(a_id, task, {"status": "complete"}, _version(a_id, HOUR_MS))
+    answer = site_a.call("master_update", changes=[future])
+    result = answer["results"][0]
+    # refused with the reason and the bound, and marked for the site to keep and stamp
+    # again (its outcome must not be dropped)
+    assert result["ok"] is False and result["retry"] is True, result
+    assert "ahead of the master's clock" in result["error"], result
+    assert "at most 300 s" in result["error"], result
+    assert answer["applied"] == 0 and answer["refused"] == 1
+    assert user.call("public_get_task", task_id=task["task_id"])["status"] == "processing"
+    # the master's clock stayed with the wall clock, and so does what another site gets
+    assert hlc.wall_seconds(answer["version"]) < time.time() + 60
+    handed_b = _pull(site_b, dataset_id)
+    assert hlc.wall_seconds(handed_b["version"]) < time.time() + 60
+    status = {s["name"]: s for s in admin.call("site_status")}["site-a"]
+    assert status["refused"] == 1
+    assert "ahead of the master's clock" in status["recent_refusals"][0]["reason"]
+    # the same outcome stamped again within the bound is taken
+    again = _task_change(a_id, task, {"status": "complete"}, _version(a_id, MINUTE_MS))
+    assert site_a.call("master_update", changes=[again])["results"] == [
+        {"ok": True, "outcome": "applied"}]
+    assert user.call("public_get_task", task_id=task["task_id"])["status"] == "complete"
+
+
+def test_a_full_counter_carries_into_the_time(server: Any, db_url: str) -> None:
+    master, user, _ = _setup(server, db_url)
+    dataset_id = submit(user, quick_config("a"), njobs=2)
+    a_id, site_a = _site(master, "site-a")
+    first, second = _pull(site_a, dataset_id, num=2)["tasks"]
+    # a version two minutes ahead whose counter is at its last six-digit value: the
+    # master's clock takes it in, and its next versions must still be versions
+    edge = hlc.encode(int(time.time() * 1000) + 2 * MINUTE_MS, 999_999, a_id)
+    answer = site_a.call("master_update", changes=[
+        _task_change(a_id, first, {"failures": 1}, edge)])
+    assert answer["results"] == [{"ok": True, "outcome": "applied"}]
+    wall, counter, site = hlc.parse(answer["version"])
+    assert (wall, counter) > hlc.parse(edge)[:2] and site == "master"
+    # the site takes the master's version in, as its link does, and goes on from it
+    clock = hlc.HybridClock(a_id)
+    clock.observe(answer["version"])
+    answer = site_a.call("master_update", changes=[
+        _task_change(a_id, first, {"status": "complete"}, clock.tick()),
+        _task_change(a_id, second, {"status": "complete"}, clock.tick())])
+    assert [r["outcome"] for r in answer["results"]] == ["applied", "applied"]
+    hlc.parse(answer["version"])
+    assert counts(user, dataset_id) == {"complete": 2}
 
 
 def test_taken_back_tasks_and_dataset_edits_come_down(server: Any, db_url: str) -> None:
@@ -187,6 +251,113 @@ def test_taken_back_tasks_and_dataset_edits_come_down(server: Any, db_url: str) 
     held = {t["task_id"]: t["held"] for t in down["tasks"]}
     assert held[handed["tasks"][1]["task_id"]] is False
     expect_error(-32602, site_a.call, "master_get_tables", tables=["users"], since=None)
+
+
+def test_the_down_sync_moves_past_a_dataset_suspended_at_once(server: Any,
+                                                             db_url: str) -> None:
+    master, user, _ = _setup(server, db_url, {"ICEPROD_MATERIALIZE_BATCH": "20000",
+                                              "ICEPROD_QUEUE_DEPTH": "30000"})
+    other = submit(user, quick_config("b"), njobs=1)
+    big = submit(user, quick_config("a"), njobs=20000)
+    _, site = _site(master, "site-a")
+    wait_until("the 20,000 tasks to be queued", lambda: counts(user, big) == {
+        "queued": 20000}, timeout=240, interval=1.0)
+    # the site holds 6,000 of them, more than one answer carries, and the other dataset's
+    # one task
+    handed: list[dict[str, Any]] = []
+    while len(handed) < 6001:
+        handed += site.call("queue_master", resources={},
+                            num=min(1000, 6001 - len(handed)))["tasks"]
+    other_task = next(t["task_id"] for t in handed if t["dataset_id"] == other)
+    assert sum(t["dataset_id"] == big for t in handed) == 6000
+
+    def follow(cursor: Any, calls: int) -> tuple[dict[str, dict[str, Any]], Any]:
+        seen: dict[str, dict[str, Any]] = {}
+        for _ in range(calls):
+            down = site.call("master_get_tables", tables=["tasks"], since=cursor)
+            seen.update({t["task_id"]: t for t in down["tasks"]})
+            cursor = down["cursor"]
+        return seen, cursor
+
+    seen, cursor = follow(None, 3)
+    assert len(seen) == 6001 and all(t["held"] for t in seen.values())
+    # the whole dataset suspended at once: every task of it stamped with one time
+    user.call("suspend_dataset", dataset_id=big)
+    # then the master takes back one more task: the site must hear of it
+    user.call("reset_tasks", task_ids=[other_task])
+    seen, cursor = follow(cursor, 4)
+    assert other_task in seen and seen[other_task]["held"] is False, seen.get(other_task)
+    assert sum(not t["held"] for t in seen.values()) == 6001
+    # the first protocol's cursor, a time, still answers
+    legacy = site.call("master_get_tables", tables=["tasks"], since=time.time())
+    assert isinstance(legacy["tasks"], list) and isinstance(legacy["cursor"], dict)
+    expect_error(-32602, site.call, "master_get_tables", tables=["tasks"],
+                 since={"since": 1.0, "after": ["x", 1], "began": 2.0})
+
+
+def test_a_log_in_pieces_is_stored_whole_once_its_last_piece_is_in(server: Any,
+                                                                  db_url: str) -> None:
+    master, user, _ = _setup(server, db_url)
+    dataset_id = submit(user, quick_config("a"), njobs=1)
+    a_id, site_a = _site(master, "site-a")
+    task = _pull(site_a, dataset_id)["tasks"][0]
+    text = "".join(f"line {i}: h\u00e9llo w\u00f6rld \u2713 \U0001f600\n" for i in range(20000))
+    raw = text.encode()
+    # cut on character boundaries, at about a third and two thirds
+    cuts = [next(i for i in range(len(raw) * k // 3, len(raw)) if raw[i] & 0xC0 != 0x80)
+            for k in (1, 2)]
+    bounds = [0, *cuts, len(raw)]
+
+    def piece(n: int, version: str, **extra: Any) -> dict[str, Any]:
+        start, end = bounds[n], bounds[n + 1]
+        columns = {"name": "stdout", "created": time.time(),
+                   "data": raw[start:end].decode(), "offset": start, "end": end,
+                   "size": len(raw), **extra}
+        return {"table": "task_logs", "key": "77", "task_id": task["task_id"],
+                "attempt": task["attempt"], "columns": columns, "version": version}
+
+    version = _version(a_id)
+    # a piece that does not continue what the master holds is not kept: the answer says
+    # where to go on from
+    answer = site_a.call("master_update", changes=[piece(1, version)])
+    assert answer["results"] == [{"ok": True, "outcome": "piece", "received": 0}]
+    results = site_a.call("master_update", changes=[piece(0, version)])["results"]
+    assert results == [{"ok": True, "outcome": "piece", "received": cuts[0]}]
+    # sent again (its answer was lost): nothing more is kept
+    results = site_a.call("master_update", changes=[piece(0, version)])["results"]
+    assert results == [{"ok": True, "outcome": "piece", "received": cuts[0]}]
+    # bad pieces are refused and change nothing
+    bad = [piece(1, version, offset=cuts[1], end=cuts[0]),
+           piece(1, version, size="big"), piece(1, version, end=len(raw) + 1)]
+    results = site_a.call("master_update", changes=bad)["results"]
+    assert [r["ok"] for r in results] == [False] * 3, results
+    assert expect_log_missing(master, task["task_id"])
+    results = site_a.call("master_update", changes=[piece(1, version), piece(2, version)])[
+        "results"]
+    assert results == [{"ok": True, "outcome": "piece", "received": cuts[1]},
+                       {"ok": True, "outcome": "applied"}]
+    stored = fetch(master.port, "GET", f"/log/{task['task_id']}/stdout")
+    assert stored.status == 200 and stored.body == raw
+    detail = user.call("public_get_task", task_id=task["task_id"])
+    assert [(log["name"], log["size"]) for log in detail["logs"]] == [("stdout", len(raw))]
+    assert detail["logs"][0]["tail"].endswith("line 19999: h\u00e9llo w\u00f6rld \u2713 \U0001f600")
+    # the last piece once more: the log is there, a duplicate
+    results = site_a.call("master_update", changes=[piece(2, version)])["results"]
+    assert results == [{"ok": True, "outcome": "duplicate"}]
+    assert scalar(master.db_url, "SELECT COUNT(*) FROM site_log_pieces") == 0
+    # a whole log over log_inline_max (256 KB) goes to a file as a pilot's would
+    big = "x" * 300_000 + "\nend\n"
+    whole = {"table": "task_logs", "key": "78", "task_id": task["task_id"],
+             "attempt": task["attempt"], "version": version,
+             "columns": {"name": "stderr", "created": time.time(), "data": big}}
+    assert site_a.call("master_update", changes=[whole])["results"] == [
+        {"ok": True, "outcome": "applied"}]
+    assert fetch(master.port, "GET", f"/log/{task['task_id']}/stderr").body == big.encode()
+    assert scalar(master.db_url, "SELECT COUNT(*) FROM task_logs WHERE path IS NOT NULL") == 2
+
+
+def expect_log_missing(master: Any, task_id: str) -> bool:
+    return fetch(master.port, "GET", f"/log/{task_id}/stdout").status == 404
 
 
 def test_site_methods_need_a_site(server: Any, db_url: str) -> None:

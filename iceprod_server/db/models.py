@@ -361,6 +361,8 @@ class Outbox(Base):
     created: Mapped[float] = mapped_column(Double)
     # hybrid logical clock, given on the first push and kept for every retry
     version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # a log sent in pieces: bytes of it the master has acknowledged so far
+    sent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class SiteState(Base):
@@ -375,6 +377,37 @@ class SiteState(Base):
     outbox_backlog: Mapped[int] = mapped_column(BigInteger, default=0)
     # the site's clock minus ours, from the newest version it sent (seconds)
     clock_offset: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class SiteLogPiece(Base):
+    """At the master: a piece of a log a site sends in pieces, kept until the last piece
+    arrived and the log is stored whole (``origin`` names the log as in ``task_logs``)."""
+
+    __tablename__ = "site_log_pieces"
+    origin: Mapped[str] = mapped_column(String(96), primary_key=True)
+    # bytes [offset, end) of the log's ``size`` bytes
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    end: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    task_id: Mapped[str] = mapped_column(ID, ForeignKey("tasks.task_id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float] = mapped_column(Double)
+    data: Mapped[str] = mapped_column(LongText)
+    # when the piece arrived: pieces of a log never finished are dropped after a week
+    received: Mapped[float] = mapped_column(Double)
+    __table_args__ = (Index("ix_site_log_pieces_received", "received"),)
+
+
+class SiteLink(Base):
+    """At a client site: which server process runs the link to the master (one per site,
+    however many processes serve it), until when, and what it last reported."""
+
+    __tablename__ = "site_link"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires: Mapped[float] = mapped_column(Double)
+    status: Mapped[Any] = mapped_column(JsonCol, nullable=True)
 
 
 class SiteRefusal(Base):

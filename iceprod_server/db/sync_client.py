@@ -1,6 +1,6 @@
-"""A client site's side of federation: merging the work the master handed over, reading
-the outbox into changes, forgetting what the master acknowledged, and applying what came
-down from the master.
+"""A client site's side of federation: merging the work the master handed over, the
+clock's floor, and applying what came down from the master (the outbox is read and settled
+by :mod:`iceprod_server.db.sync_outbox`).
 
 Pulled tasks carry the master's attempt in ``site_attempt``; the triggers of
 :mod:`iceprod_server.db.sync_triggers` write their outcomes to the outbox. A task the master
@@ -11,10 +11,9 @@ answers false.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
@@ -26,10 +25,9 @@ from iceprod_server.db.models import (
     Task,
     TaskDef,
     TaskDefDep,
-    TaskLog,
-    TaskStat,
 )
 from iceprod_server.db.util import changed
+from iceprod_server.federation import hlc
 from iceprod_server.federation.hlc import HybridClock
 
 WAITING = ("idle", "waiting", "queued", "reset", "resume")
@@ -75,6 +73,9 @@ def merge_work(s: Session, payload: dict[str, Any]) -> int:
     handed = payload.get("tasks", [])
     for t in handed:
         _store_task(s, t, now, status="queued", site_attempt=t["attempt"])
+    if handed and payload.get("version"):
+        # with the tasks: a restart must not forget the version they were handed with
+        save_floor(s, payload["version"])
     return len(handed)
 
 
@@ -112,83 +113,31 @@ def held_counts(s: Session) -> dict[str, int]:
 
 
 def load_clock(s: Session, clock: HybridClock) -> None:
-    """Never hand out a version older than one given before a restart."""
+    """Never make a version older than one made or seen before a restart."""
     saved = s.get(Meta, CLOCK_KEY)
     if saved is not None:
-        clock.observe(saved.value)
+        try:
+            clock.observe(saved.value)
+        except ValueError:
+            pass  # not a version: the floor is saved again with the next one
 
 
-def take_outbox(s: Session, limit: int, clock: HybridClock,
-                data_dir: str = "") -> list[dict[str, Any]]:
-    """The oldest ``limit`` outbox rows as changes (one per task attempt, with the task's
-    current columns), each with the outbox ids it stands for in ``outbox_ids``. A row gets
-    its version the first time it is read, and keeps it for every resend."""
-    rows = list(s.scalars(select(Outbox).order_by(Outbox.outbox_id).limit(limit)))
-    if not rows:
-        return []
-    fresh = [r for r in rows if r.version is None]
-    for r in fresh:
-        r.version = clock.tick()
-    if fresh:
-        _upsert(s, Meta, {"key": CLOCK_KEY}, {"value": clock.last})
-    changes: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for r in rows:
-        key = (r.table_name, r.row_key, r.site_attempt)
-        c = changes.get(key)
-        if c is None:
-            c = changes[key] = {"table": r.table_name, "key": r.row_key,
-                                "task_id": r.task_id, "attempt": r.site_attempt,
-                                "version": r.version, "outbox_ids": []}
-        c["outbox_ids"].append(r.outbox_id)
-        c["version"] = max(c["version"], r.version or "")
-    out = []
-    for (table, row_key, _), c in changes.items():
-        columns = _columns(s, table, row_key, data_dir)
-        if columns is None:  # the row is gone: nothing to say about it
-            s.execute(delete(Outbox).where(Outbox.outbox_id.in_(c["outbox_ids"])))
-            continue
-        c["columns"] = columns
-        out.append(c)
-    return out
-
-
-def _columns(s: Session, table: str, key: str, data_dir: str) -> dict[str, Any] | None:
-    if table == "tasks":
-        t = s.get(Task, key)
-        return None if t is None else {"status": t.status, "failures": t.failures,
-                                       "req_memory": t.req_memory, "req_disk": t.req_disk,
-                                       "req_time": t.req_time}
-    if table == "task_stats":
-        st = s.get(TaskStat, int(key))
-        return None if st is None else {"created": st.created, "error": bool(st.error),
-                                        "hostname": st.hostname, "time_used": st.time_used,
-                                        "stats": st.stats}
-    log = s.get(TaskLog, int(key))
-    if log is None:
-        return None
-    data = log.data
-    if data is None and log.path:
-        data = _read_log_file(data_dir, log.path)
-    return {"name": log.name, "created": log.created, "data": data or ""}
-
-
-def _read_log_file(data_dir: str, path: str) -> str:
-    # a large log lives in a file under the data directory (read here, on the db pool:
-    # rare, and bounded by the upload limit)
+def save_floor(s: Session, version: str, lower: bool = False) -> None:
+    """Keep ``version`` as the clock's floor across restarts: the versions the master
+    handed tasks out with, which this site's changes of those tasks must exceed, and the
+    newest version made here. It only rises, unless ``lower`` (the clock started again
+    from its wall time because the master refused versions too far ahead)."""
+    saved = s.get(Meta, CLOCK_KEY)
+    if saved is None:
+        s.add(Meta(key=CLOCK_KEY, value=version))
+        s.flush()
+        return
     try:
-        return Path(data_dir, path).read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def acknowledge(s: Session, outbox_ids: list[int]) -> int:
-    if not outbox_ids:
-        return 0
-    return changed(s, delete(Outbox).where(Outbox.outbox_id.in_(outbox_ids)))
-
-
-def outbox_size(s: Session) -> int:
-    return int(s.scalar(select(func.count()).select_from(Outbox)) or 0)
+        newer = hlc.parse(version)[:2] > hlc.parse(saved.value)[:2]
+    except ValueError:
+        newer = True
+    if newer or lower:
+        saved.value = version
 
 
 def take_back(s: Session, task_ids: list[str]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from iceprod_server.db.models import (
@@ -31,8 +31,9 @@ from iceprod_server.errors import InvalidParams
 
 # the most tasks one queue_master call hands out
 MAX_PULL = 1000
-# rows that changed this many seconds before the cursor are sent again: a transaction that
-# committed late with an earlier timestamp is not missed (applying a row twice is harmless)
+# each pass of the down-sync starts this many seconds before the previous one began: a
+# transaction that committed late with an earlier timestamp is not missed (applying a row
+# twice is harmless)
 OVERLAP = 10.0
 DOWN_LIMIT = 5000
 # stands for "no limit" (MySQL takes no infinity)
@@ -61,8 +62,12 @@ def touch(s: Session, site_id: str, now: float, lease_seconds: float,
     if backlog is not None:
         values["outbox_backlog"] = backlog
     if not changed(s, update(SiteState).where(SiteState.site_id == site_id).values(**values)):
-        s.execute(insert(SiteState).values(site_id=site_id, refused=0, applied=0,
-                                           outbox_backlog=backlog or 0, last_contact=now))
+        # a site's first calls may come together (its puller and its down-sync): the
+        # second insert finds the row there and leaves it
+        ignore = "OR IGNORE" if s.get_bind().dialect.name == "sqlite" else "IGNORE"
+        s.execute(insert(SiteState).prefix_with(ignore).values(
+            site_id=site_id, refused=0, applied=0, outbox_backlog=backlog or 0,
+            last_contact=now))
     # only leases past their middle are renewed: a site calling every second does not
     # rewrite every row it holds every second
     s.execute(update(Task).where(Task.site_id == site_id, Task.status == "processing",
@@ -158,26 +163,64 @@ def _payload(s: Session, held: list[Task], version: str) -> dict[str, Any]:
     return out
 
 
-def tables_since(s: Session, site_id: str, tables: list[str], since: float | None,
-                 now: float) -> dict[str, Any]:
+def _read_cursor(since: float | dict[str, Any] | None,
+                 now: float) -> tuple[float, tuple[float, str] | None, float]:
+    """``(floor, after, began)`` of a ``master_get_tables`` cursor: the rows changed after
+    ``floor`` are wanted, continuing after the row ``after`` (``(status_changed,
+    task_id)``) while a pass pages, and the pass began at ``began``."""
+    if since is None:
+        return -1.0, None, now
+    if not isinstance(since, dict):  # a plain time: the cursor of the first protocol
+        return float(since) - OVERLAP, None, now
+    extra = sorted(set(since) - {"since", "after", "began"})
+    floor, after, began = since.get("since"), since.get("after"), since.get("began")
+    if extra or not _finite(floor) or not (began is None or _finite(began)):
+        raise InvalidParams("since must be null or the cursor of the previous answer",
+                            {"since": since})
+    if after is None:
+        return float(floor), None, now  # type: ignore[arg-type]
+    if (not isinstance(after, list) or len(after) != 2 or not _finite(after[0])
+            or not isinstance(after[1], str) or len(after[1]) > 32 or began is None):
+        raise InvalidParams("since.after must be [status_changed, task_id] of the last row "
+                            "sent, with since.began", {"since": since})
+    return float(floor), (float(after[0]), after[1]), float(began)  # type: ignore[arg-type]
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and -NO_LIMIT < value < NO_LIMIT)
+
+
+def tables_since(s: Session, site_id: str, tables: list[str],
+                 since: float | dict[str, Any] | None, now: float) -> dict[str, Any]:
     """What changed at the master for this site since the cursor ``since`` (null: from the
     start): its tasks (whether it still holds each), the datasets it works on, their
-    configs. Pass the answer's ``cursor`` as the next ``since``."""
+    configs. Pass the answer's ``cursor`` as the next ``since``.
+
+    Tasks come in ``(status_changed, task_id)`` order, at most DOWN_LIMIT per answer. A
+    full answer's cursor goes on after its last row, so a pass over any number of rows
+    with one time (a dataset suspended at once) always moves on. The cursor of the answer
+    that ends a pass starts the next pass OVERLAP seconds before the first began: a row
+    whose transaction committed late, with an earlier time, is sent then."""
     unknown = sorted(set(tables) - set(DOWN_TABLES))
     if unknown:
         raise InvalidParams(f"unknown tables {unknown}; choose from {list(DOWN_TABLES)}",
                             {"unknown": unknown})
-    start = -1.0 if since is None else since - OVERLAP
-    cursor = now
+    floor, after, began = _read_cursor(since, now)
+    cursor: dict[str, Any] = {"since": began - OVERLAP, "after": None, "began": None}
     out: dict[str, Any] = {}
     if "tasks" in tables:
-        rows = list(s.execute(
-            select(Task.task_id, Task.dataset_id, Task.status, Task.attempt, Task.claimed_by,
-                   Task.failures, Task.status_changed)
-            .where(Task.site_id == site_id, Task.status_changed > start)
-            .order_by(Task.status_changed, Task.task_id).limit(DOWN_LIMIT)))
+        query = (select(Task.task_id, Task.dataset_id, Task.status, Task.attempt,
+                        Task.claimed_by, Task.failures, Task.status_changed)
+                 .where(Task.site_id == site_id, Task.status_changed > floor))
+        if after is not None:
+            query = query.where(or_(Task.status_changed > after[0], and_(
+                Task.status_changed == after[0], Task.task_id > after[1])))
+        rows = list(s.execute(query.order_by(Task.status_changed, Task.task_id)
+                              .limit(DOWN_LIMIT)))
         if len(rows) == DOWN_LIMIT:
-            cursor = min(cursor, rows[-1].status_changed)
+            cursor = {"since": floor, "after": [rows[-1].status_changed, rows[-1].task_id],
+                      "began": began}
         mine = holder(site_id)
         out["tasks"] = [{"task_id": r.task_id, "dataset_id": r.dataset_id,
                          "status": r.status, "attempt": r.attempt, "failures": r.failures,
@@ -194,7 +237,7 @@ def tables_since(s: Session, site_id: str, tables: list[str], since: float | Non
             out["dataset_configs"] = [
                 {"dataset_id": c.dataset_id, "config": c.config, "updated": c.updated}
                 for c in s.scalars(select(DatasetConfig).where(
-                    DatasetConfig.dataset_id.in_(dataset_ids), DatasetConfig.updated > start))]
+                    DatasetConfig.dataset_id.in_(dataset_ids), DatasetConfig.updated > floor))]
     out["cursor"] = cursor
     return out
 

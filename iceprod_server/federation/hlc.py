@@ -4,6 +4,9 @@ A version is ``WWWWWWWWWWWWW.CCCCCC.SITE``: milliseconds of wall time, a counter
 site id, fixed-width so that versions compare as strings. A clock never goes backwards, and
 after it has seen a version from another site every version it makes is newer, however far
 apart the two wall clocks are (Kulkarni et al., "Logical Physical Clocks", 2014).
+
+The counter never outgrows its six digits: a tick past 999999 carries into the wall time
+(one millisecond later, counter 0), so every version this clock makes parses and sorts.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from collections.abc import Callable
 
 _WALL_DIGITS = 13
 _COUNTER_DIGITS = 6
+MAX_COUNTER = 10**_COUNTER_DIGITS - 1
 
 
 def encode(wall_ms: int, counter: int, site: str) -> str:
+    if not 0 <= counter <= MAX_COUNTER:
+        raise ValueError(f"a version's counter is 0..{MAX_COUNTER}, got {counter}")
     return f"{wall_ms:0{_WALL_DIGITS}d}.{counter:0{_COUNTER_DIGITS}d}.{site}"
 
 
@@ -34,6 +40,14 @@ def parse(version: str) -> tuple[int, int, str]:
 
 def wall_seconds(version: str) -> float:
     return parse(version)[0] / 1000.0
+
+
+def wall_clock(offset: float = 0.0) -> Callable[[], float]:
+    """The physical clock of a server: ``time.time()`` plus ``offset`` seconds (the
+    ``debug_clock_offset`` option, which only tests and diagnosis set)."""
+    if not offset:
+        return time.time
+    return lambda: time.time() + offset
 
 
 class HybridClock:
@@ -55,8 +69,10 @@ class HybridClock:
             pt = self._physical()
             if pt > self._wall:
                 self._wall, self._counter = pt, 0
-            else:
+            elif self._counter < MAX_COUNTER:
                 self._counter += 1
+            else:
+                self._wall, self._counter = self._wall + 1, 0
             return encode(self._wall, self._counter, self.site)
 
     def observe(self, version: str) -> None:
@@ -66,7 +82,20 @@ class HybridClock:
             if (wall, counter) > (self._wall, self._counter):
                 self._wall, self._counter = wall, counter
 
+    def rebase(self, floor: str | None = None) -> None:
+        """Start again from the physical clock, or from ``floor`` if that is later: the one
+        way this clock goes back, for a site whose versions ran ahead of what its master
+        accepts (the caller makes every unsent change new again)."""
+        wall, counter = (self._physical(), 0) if floor is None else max(
+            (self._physical(), 0), parse(floor)[:2])
+        with self._lock:
+            self._wall, self._counter = wall, counter
+
     @property
     def last(self) -> str:
         with self._lock:
             return encode(self._wall, self._counter, self.site)
+
+    def wall(self) -> float:
+        """The physical clock this clock follows (seconds)."""
+        return self._now()

@@ -7,6 +7,11 @@ Nothing lives only in memory: changes wait in the outbox table until the master
 acknowledged them, so a restart or a master that is away loses nothing; while the master
 cannot be reached the link backs off (up to ``MAX_BACKOFF`` seconds) and local pilots keep
 running what is held here.
+
+Every server process of the site starts a link, and one of them runs it: the one holding
+the site's ``site_link`` row (:mod:`iceprod_server.db.sync_leader`); the others show its
+status and take over when it stops or dies. One puller keeps the site's share of work at
+its threshold, one sender and one clock make the versions.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.httpclient
 
-from iceprod_server.db import sync_client
-from iceprod_server.federation.hlc import HybridClock
+from iceprod_server.config import MIN_PUSH_BYTES
+from iceprod_server.db import sync_client, sync_leader, sync_outbox
+from iceprod_server.federation.hlc import HybridClock, wall_clock
 from iceprod_server.services import Services
 
 log = logging.getLogger(__name__)
@@ -32,22 +41,38 @@ MAX_PULL = 1000  # what queue_master hands out at most
 # seconds between checks of the local queue (at most site_interval)
 PULL_CHECK = 0.25
 DOWN_TABLES = ["tasks", "datasets", "dataset_configs"]
+# bytes of a call's body from which it asks the master first (Expect: 100-continue)
+EXPECT_CONTINUE_FROM = 64 * 1024
+# a process holds the link this many intervals (at least HOLD_MIN seconds) past its last
+# renewal, and acts on it only for the first half of that: a holder that cannot renew
+# stops before another may take over
+HOLD_INTERVALS = 10
+HOLD_MIN = 3.0
+COUNTS = ("pulled", "pushed", "refused", "taken_back")
 
 
 class LinkDown(Exception):
     """The master could not be reached, or answered with an error."""
 
 
+class TooLarge(LinkDown):
+    """The master refused the call's body as too large (HTTP 413)."""
+
+
 class SiteLink:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.config = services.config
-        self.clock = HybridClock(self.config.site_id)
+        self.clock = HybridClock(self.config.site_id,
+                                 wall_clock(self.config.debug_clock_offset))
         self.http = tornado.httpclient.AsyncHTTPClient()
-        self.cursor: float | None = None
+        self.cursor: Any = None
+        self.push_bytes = self.config.site_push_bytes
         self._tasks: list[asyncio.Task[None]] = []
-        self._clock_lock = asyncio.Lock()
-        self._loaded = False
+        self.holder = f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.hold = max(HOLD_MIN, HOLD_INTERVALS * self.config.site_interval)
+        self._leading_until = 0.0
+        self._shown: dict[str, Any] | None = None
         # what the overview page shows
         self.last_contact: float | None = None
         self.last_error = ""
@@ -59,6 +84,7 @@ class SiteLink:
     def start(self) -> None:
         interval = self.config.site_interval
         self._tasks = [
+            asyncio.create_task(self._leading(), name="site-leader"),
             asyncio.create_task(self._every(self.push, interval), name="site-sender"),
             asyncio.create_task(self._every(self.down, interval), name="site-down"),
             # the local queue is checked often (a cheap count): pilots must not wait
@@ -75,22 +101,74 @@ class SiteLink:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
+        if self.leading:
+            self._leading_until = 0.0
+            try:
+                await self.services.db.write(sync_leader.let_go, self.holder)
+            except Exception:
+                log.exception("could not hand the link over; another process takes it "
+                              "over within %g s", self.hold)
+
+    @property
+    def leading(self) -> bool:
+        return time.monotonic() < self._leading_until
 
     def status(self) -> dict[str, Any]:
+        if not self.leading and self._shown is not None:
+            return self._shown  # the link runs in another process: what it wrote
+        return self._own_status()
+
+    def _own_status(self) -> dict[str, Any]:
         return {"master": self.config.site_master, "site_id": self.config.site_id,
                 "last_contact": self.last_contact, "connected": not self.last_error,
                 "last_error": self.last_error, "outbox_backlog": self.backlog,
                 "pulled": self.pulled, "pushed": self.pushed, "refused": self.refused,
                 "taken_back": self.taken_back}
 
+    async def _leading(self) -> None:
+        """Take or keep the link every interval, sharing its status."""
+        while True:
+            try:
+                await self.lead()
+            except Exception:
+                log.exception("cannot check which process runs the link")
+            await asyncio.sleep(self.config.site_interval)
+
+    async def lead(self) -> None:
+        was = self.leading
+        started = time.monotonic()
+        status = {**self._own_status(), "cursor": self.cursor, "holder": self.holder}
+        leading, before = await self.services.db.write(
+            sync_leader.lead, self.holder, time.time(), self.hold, status)
+        if not leading:
+            self._leading_until = 0.0
+            self._shown = before
+            return
+        if not was:
+            # another process may have run the link: its versions and its place in the
+            # master's changes are in the database
+            await self.services.db.read(sync_client.load_clock, self.clock)
+            if before and before.get("holder") != self.holder:
+                self.cursor = before.get("cursor")
+                # the counts the overview shows are the site's, carried from holder to
+                # holder (a restart included)
+                for name in COUNTS:
+                    if isinstance(before.get(name), int):
+                        setattr(self, name, before[name])
+            log.info("this process runs the link to the master")
+        self._leading_until = started + self.hold / 2
+
     async def _every(self, step: Callable[[], Awaitable[None]], interval: float) -> None:
-        """Run ``step`` every ``interval`` seconds, backing off (doubling, up to ten
-        intervals and at most MAX_BACKOFF) while the master cannot be reached."""
-        await self._clock_loaded()
+        """Run ``step`` every ``interval`` seconds while this process runs the link,
+        backing off (doubling, up to ten intervals and at most MAX_BACKOFF) while the
+        master cannot be reached."""
         delay = interval
         # a returning master is noticed within ten intervals (and MAX_BACKOFF)
         longest = min(MAX_BACKOFF, 10 * self.config.site_interval)
         while True:
+            if not self.leading:
+                await asyncio.sleep(interval)
+                continue
             try:
                 await step()
                 self.last_error = ""
@@ -106,16 +184,6 @@ class SiteLink:
                 delay = min(longest, max(delay, interval) * 2)
             await asyncio.sleep(delay)
 
-    async def _clock_loaded(self) -> None:
-        async with self._clock_lock:
-            while not self._loaded:
-                try:
-                    await self.services.db.read(sync_client.load_clock, self.clock)
-                    self._loaded = True
-                except Exception:
-                    log.exception("cannot read the site clock; retrying")
-                    await asyncio.sleep(self.config.site_interval)
-
     # -- the steps ------------------------------------------------------------------------
 
     async def call(self, method: str, **params: Any) -> Any:
@@ -124,11 +192,19 @@ class SiteLink:
             self.config.site_master, method="POST", body=body,
             headers={"Content-Type": "application/json",
                      "Authorization": f"Bearer {self.config.site_key}"},
-            connect_timeout=10.0, request_timeout=120.0)
+            connect_timeout=10.0, request_timeout=120.0,
+            # a large body waits for the master's (or nginx's) go-ahead: a body over its
+            # limit is then refused with 413 before it is sent, where sending it would
+            # end in a broken connection that says nothing about the size
+            expect_100_continue=len(body) > EXPECT_CONTINUE_FROM)
         try:
             response = await self.http.fetch(request)
             answer = json.loads(response.body)
-        except (OSError, tornado.httpclient.HTTPClientError, ValueError) as e:
+        except tornado.httpclient.HTTPClientError as e:
+            if e.code == 413:
+                raise TooLarge(f"{method}: {len(body)} bytes refused as too large") from e
+            raise LinkDown(f"{method}: {e}") from e
+        except (OSError, ValueError) as e:
             raise LinkDown(f"{method}: {e}") from e
         if not isinstance(answer, dict):
             raise LinkDown(f"{method}: not a JSON-RPC answer")
@@ -140,13 +216,13 @@ class SiteLink:
         return answer.get("result")
 
     async def push(self) -> None:
-        """Send the outbox in batches until it is empty; forget what was acknowledged."""
+        """Send the outbox, a call at a time, until it is empty or a call moves nothing."""
         db = self.services.db
-        batch = self.config.site_push_batch
+        restamped = False
         while True:
-            changes = await db.write(sync_client.take_outbox, batch, self.clock,
-                                     str(self.config.path()))
-            backlog = await db.read(sync_client.outbox_size)
+            changes = await db.write(sync_outbox.take_outbox, self.config.site_push_batch,
+                                     self.push_bytes, self.clock, str(self.config.path()))
+            backlog = await db.read(sync_outbox.outbox_size)
             if not changes:
                 if self.backlog:
                     # tell the master the backlog is gone (its admin page shows it)
@@ -155,25 +231,82 @@ class SiteLink:
                 return
             self.backlog = backlog
             sent = [{k: v for k, v in c.items() if k != "outbox_ids"} for c in changes]
-            answer = await self.call("master_update", changes=sent, backlog=self.backlog)
+            try:
+                answer = await self.call("master_update", changes=sent, backlog=backlog)
+            except TooLarge:
+                # a refused call is split, never repeated: the master takes less than we
+                # send (its max_body_bytes), so every later call is half the size
+                if self.push_bytes <= MIN_PUSH_BYTES:
+                    raise
+                self.push_bytes = max(MIN_PUSH_BYTES, self.push_bytes // 2)
+                log.warning("the master refused a call of %d changes as too large: calls "
+                            "carry at most %d bytes from now on", len(sent), self.push_bytes)
+                continue
             if answer.get("version"):
                 self.clock.observe(answer["version"])
-            done: list[int] = []
-            refused_tasks: list[str] = []
-            for change, result in zip(changes, answer["results"], strict=True):
-                # acknowledged or refused: either way the master has decided
-                done.extend(change["outbox_ids"])
-                if not result.get("ok"):
-                    self.refused += 1
-                    log.info("master refused %s %s: %s", change["table"], change["key"],
-                             result.get("error"))
-                    refused_tasks.append(change["task_id"])
-            await db.write(sync_client.acknowledge, done)
-            if refused_tasks:
-                self.taken_back += await db.write(sync_client.take_back, refused_tasks)
-            self.pushed += len(changes)
-            if len(done) < batch:
+            moved, again = await self._settle(changes, answer)
+            if again:
+                if restamped:
+                    return  # stamped anew once this round; the next round sends them
+                restamped = True
+            elif not moved:
                 return
+
+    async def _settle(self, changes: list[dict[str, Any]],
+                      answer: dict[str, Any]) -> tuple[bool, bool]:
+        """Act on the master's answer to ``changes``: ``(anything acknowledged or a log
+        piece further, anything to send again stamped anew)``. Raises LinkDown, after
+        settling, when the master refused versions as too far ahead."""
+        done: list[int] = []
+        pieces: list[tuple[list[int], int]] = []
+        again: list[int] = []
+        ahead: list[str] = []
+        refused_tasks: list[str] = []
+        for change, result in zip(changes, answer["results"], strict=True):
+            ids, outcome = change["outbox_ids"], result.get("outcome")
+            if result.get("ok") and outcome == "stale" and change["table"] == "tasks":
+                # the master has a newer version of the task than this change; the change
+                # is the task's state here, which this site stands by: it goes again,
+                # stamped above that version (dropping it would leave the task held)
+                self._observe(result.get("version"))
+                again += ids
+            elif result.get("ok") and outcome == "piece":
+                received = result.get("received")
+                if isinstance(received, int) and not isinstance(received, bool):
+                    pieces.append((ids, received))
+            elif result.get("ok"):
+                done += ids
+                self.pushed += 1
+            elif result.get("retry"):
+                again += ids
+                ahead.append(str(result.get("error")))
+            else:
+                # refused: the master has decided, the change goes
+                done += ids
+                self.refused += 1
+                log.info("master refused %s %s: %s", change["table"], change["key"],
+                         result.get("error"))
+                refused_tasks.append(change["task_id"])
+        floor = None
+        if ahead:
+            # our versions run ahead of what the master accepts: start the clock again
+            # from the wall clock (or the master's newest version, if later), so that the
+            # changes go again as soon as this site's clock is right
+            self.clock.rebase(answer.get("version"))
+            floor = self.clock.last
+        db = self.services.db
+        await db.write(sync_outbox.settle, done, pieces, again, floor)
+        if refused_tasks:
+            self.taken_back += await db.write(sync_client.take_back, refused_tasks)
+        if ahead:
+            raise LinkDown(f"master_update: {len(ahead)} changes refused for now: {ahead[0]}")
+        return bool(done or pieces), bool(again)
+
+    def _observe(self, version: Any) -> None:
+        try:
+            self.clock.observe(version)
+        except ValueError:
+            pass  # no version (an older master): the answer's own version was taken in
 
     async def down(self) -> None:
         answer = await self.call("master_get_tables", tables=DOWN_TABLES, since=self.cursor)

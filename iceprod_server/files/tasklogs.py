@@ -15,15 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from iceprod_server.errors import InvalidParams, Unavailable
-from iceprod_server.files.storage import storage_full
+from iceprod_server.errors import InvalidParams
+from iceprod_server.files.logfiles import LogFileWriter, remove_log_file
 
 # inflated bytes per step
 CHUNK = 1024 * 1024
@@ -165,42 +164,24 @@ def _store(chunks: Iterator[bytes], limits: Limits, root: Path, task_id: str,
 
 def _spill(head: list[bytes], rest: Iterator[bytes], size: int, limits: Limits, root: Path,
            task_id: str, name: str) -> StoredLog:
-    folder = root / "logs" / task_id[:6] / task_id
-    target = folder / f"{name}.{os.urandom(4).hex()}.log"
-    tmp = target.with_suffix(".tmp")
+    writer = LogFileWriter(root, task_id, name)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
-            for chunk in head:
-                f.write(chunk)
-            head.clear()
-            for chunk in rest:
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise _too_large(limits)
-                f.write(chunk)
-        tmp.replace(target)
-    except OSError as e:
-        _discard(tmp)  # nothing half-written stays
-        if storage_full(e):
-            # the pilot may try again later (the reference pilot keeps the log meanwhile)
-            raise Unavailable("no space left for the log on the server") from e
-        raise
+        for chunk in head:
+            writer.append(chunk)
+        head.clear()
+        for chunk in rest:
+            size += len(chunk)
+            if size > limits.max_bytes:
+                raise _too_large(limits)
+            writer.append(chunk)
+        path = writer.commit()
     except BaseException:
-        _discard(tmp)
+        writer.abort()  # nothing half-written stays
         raise
-    return StoredLog(size, None, str(target.relative_to(root)))
-
-
-def _discard(tmp: Path) -> None:
-    tmp.unlink(missing_ok=True)
-    try:
-        tmp.parent.rmdir()  # the task's folder, if this was its only log
-    except OSError:
-        pass
+    return StoredLog(size, None, path)
 
 
 def remove(root: Path, stored: StoredLog) -> None:
     """Delete the file of a log whose row was not stored after all."""
     if stored.path:
-        (root / stored.path).unlink(missing_ok=True)
+        remove_log_file(root, stored.path)

@@ -21,7 +21,8 @@ from iceprod_server.errors import (
     UNAVAILABLE,
     Forbidden,
 )
-from iceprod_server.federation.hlc import HybridClock
+from iceprod_server.federation.hlc import HybridClock, wall_clock
+from iceprod_server.rpc import site_logs
 from iceprod_server.rpc.context import Context
 from iceprod_server.rpc.registry import ADMIN, SITE, rpc_method
 
@@ -32,10 +33,11 @@ _clocks: dict[str, HybridClock] = {}
 
 def master_clock(ctx: Context) -> HybridClock:
     """This process's clock; its site id is ``site_id`` from the config, or ``master``."""
-    name = ctx.services.config.site_id or "master"
+    config = ctx.services.config
+    name = config.site_id or "master"
     clock = _clocks.get(name)
     if clock is None:
-        clock = _clocks[name] = HybridClock(name)
+        clock = _clocks[name] = HybridClock(name, wall_clock(config.debug_clock_offset))
     return clock
 
 
@@ -66,15 +68,36 @@ async def master_update(ctx: Context, changes: list[Any],
                         backlog: int | None = None) -> dict[str, Any]:
     """Apply changes the site made to rows it holds: each ``{table, key, task_id, attempt,
     columns, version}`` for tables ``tasks`` (columns status, failures, req_memory,
-    req_disk, req_time), ``task_stats`` and ``task_logs`` (key: the row's id at the site).
-    Answer: ``{results: [...], applied, refused}``, one result per change in order:
-    ``{ok: true, outcome: applied|duplicate|stale}`` (acknowledged: the site may forget
-    it) or ``{ok: false, error}`` (refused: nothing changed; logged and counted for the
-    site). ``backlog``: how many changes the site still has queued (shown to admins)."""
+    req_disk, req_time), ``task_stats`` and ``task_logs`` (key: the row's id at the site;
+    a log larger than one call goes in pieces: ``data`` with ``offset``, ``end`` and
+    ``size`` in bytes). Answer: ``{results: [...], applied, refused, version}``, one
+    result per change in order: ``{ok: true, outcome: applied|duplicate}`` (acknowledged:
+    the site may forget it), ``{ok: true, outcome: stale, version}`` (the task has a newer
+    version: a change the site still stands by goes again, stamped above ``version``),
+    ``{ok: true, outcome: piece, received}`` (bytes of the log the master holds: go on
+    from there), ``{ok: false, error}`` (refused: nothing changed; logged and counted for
+    the site) or ``{ok: false, error, retry: true}`` (refused for now, a version too far
+    ahead of the master's clock: keep the change, stamp it again). ``backlog``: how many
+    changes the site still has queued (shown to admins)."""
     site_id = _site_id(ctx)
     clock = master_clock(ctx)
-    out = await ctx.services.db.write(sync_apply.apply_changes, site_id, changes, time.time(),
-                                      ctx.services.config.site_lease_seconds, backlog)
+    config = ctx.services.config
+    limits = sync_apply.Limits(clock.wall(), config.site_max_ahead)
+    spilled = await site_logs.spill(ctx, changes)
+    try:
+        out = await ctx.services.db.write(sync_apply.apply_changes, site_id, changes,
+                                          time.time(), config.site_lease_seconds, backlog,
+                                          limits, spilled)
+    except BaseException:
+        await site_logs.forget(ctx, spilled.values())
+        raise
+    results = out["results"]
+    await site_logs.forget(ctx, [path for index, path in spilled.items()
+                                 if results[index].get("outcome") != "applied"])
+    for index, origin in out.pop("assemble"):
+        stored = await site_logs.assemble(ctx, site_id, origin)
+        results[index] = {"ok": True, "outcome": "applied" if stored else "duplicate"}
+        out["applied"] += stored
     newest = out.pop("newest")
     if newest is not None:
         clock.observe(newest)
@@ -86,11 +109,14 @@ async def master_update(ctx: Context, changes: list[Any],
 
 @rpc_method(SITE, errors=ERRORS)
 async def master_get_tables(ctx: Context, tables: list[str],
-                            since: float | None = None) -> dict[str, Any]:
+                            since: float | dict[str, Any] | None = None) -> dict[str, Any]:
     """What changed at the master for the calling site since the cursor ``since`` (null:
     everything): ``tasks`` it holds or held (``held`` false once the master took one back:
     suspended, reset, reclaimed), ``datasets`` it works on (status, priority), and their
-    ``dataset_configs``. The answer's ``cursor`` is the next call's ``since``."""
+    ``dataset_configs``. The answer's ``cursor`` (an object) is the next call's
+    ``since``; at most 5,000 tasks come at a time, and the cursor always moves on. A
+    number (a time, as the first protocol's cursor was) is taken too: from that time,
+    less 10 s."""
     site_id = _site_id(ctx)
     config = ctx.services.config
     now = time.time()

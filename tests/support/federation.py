@@ -51,9 +51,9 @@ def make_site(master: ServerProcess, name: str, data_dir: Path, db_url: str,
 
 
 def start_site(site: Site, log_dir: Path, env: dict[str, str] | None = None,
-               port: int | None = None) -> ServerProcess:
+               port: int | None = None, extra_args: tuple[str, ...] = ()) -> ServerProcess:
     site.server = start_server(site.deployment, log_dir, {**CLIENT_ENV, **(env or {})},
-                               port=port)
+                               port=port, extra_args=extra_args)
     return site.server
 
 

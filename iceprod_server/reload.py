@@ -24,6 +24,7 @@ LIVE_OPTIONS = frozenset({
     "proxy_access", "lease_seconds", "max_resets", "queue_depth", "queue_timeout",
     "materialize_batch", "scheduler_interval", "shutdown_grace", "retry_delay_seconds",
     "retry_max_delay_seconds", "scheduler_stall_seconds", "metrics_allow",
+    "unpaged_max_rows", "graph_interval",
 })
 
 

@@ -140,9 +140,11 @@ class Scheduler:
         out["queued"] = await db.write(scheduling.queue_waiting, c.queue_depth)
         out["jobs_status"], out["datasets_status"] = await self._derive_status(pass_start)
         if c.graph_interval > 0:
-            at = graphs.boundary(now, c.graph_interval)
+            step = c.graph_interval
+            at = graphs.boundary(now, step)
             if at > self._graphed:
-                await db.write(graphs.record, at, c.graph_interval)
+                first = max(self._graphed + step, at - (graphs.CATCH_UP - 1) * step)
+                await db.write(graphs.record, list(range(first, at + 1, step)), step)
                 self._graphed = at
         self.passes += 1
         return out

@@ -1,10 +1,12 @@
 """The points of ``public_get_graphs``: what IceProd 2.3.2's main page charted.
 
-At the end of every ``graph_interval`` seconds the scheduler records two points, stamped
-with that moment: ``active_tasks``, the tasks of every dataset by status other than idle,
-waiting and complete (from the maintained counters), and ``completed_tasks``, the attempts
-that finished well during the interval (a range of the stats' ``created`` index, so the
-cost is that interval's completions). Several server processes share one database: the
+At the end of every ``graph_interval`` seconds (:data:`SETTLE` seconds later, so that
+finishes still committing then are counted) the scheduler records two points, stamped with
+the end of the interval: ``active_tasks``, the tasks of every dataset by status other than
+idle, waiting and complete (from the maintained counters), and ``completed_tasks``, the
+attempts that finished well during the interval (a range of the stats' ``created`` index,
+so the cost is that interval's completions). A pass that comes late records the intervals
+it missed, up to :data:`CATCH_UP`. Several server processes share one database: the
 first to record an interval's points keeps them, the others find them there. Only the last
 :data:`KEPT` intervals are kept, so an answer holds at most ``2 * KEPT`` points.
 """
@@ -25,34 +27,49 @@ from iceprod_server.errors import InvalidParams
 
 # intervals kept: a week at the default interval of 60 s
 KEPT = 10080
+# an interval's points are recorded this long after it ends, so that a finish whose
+# transaction was still committing at the end of the interval is counted in it
+SETTLE = 2.0
+# a late pass records at most this many missed intervals (a server that was stopped does
+# not fill the time it was away)
+CATCH_UP = 10
 NOT_ACTIVE = ("idle", "waiting", "complete")
 
 
 def boundary(now: float, interval: int) -> int:
-    """The end of the last whole interval at ``now`` (epoch seconds)."""
-    return int(now // interval) * interval
+    """The end of the last interval whose points may be recorded at ``now`` (epoch
+    seconds): one that ended :data:`SETTLE` seconds ago or more."""
+    return int((now - SETTLE) // interval) * interval
 
 
-def record(s: Session, at: int, interval: int) -> int:
-    """Record the points of the interval ending at ``at``; returns how many were written
-    (0 when another process recorded them first)."""
-    if s.get(GraphPoint, (at, "active_tasks")) is not None:
-        return 0
-    active = {status: n for status, n in reads.system_task_counts(s).items()
-              if status not in NOT_ACTIVE and n}
-    completions = s.scalar(select(func.count()).select_from(TaskStat).where(
-        TaskStat.created >= at - interval, TaskStat.created < at,
-        TaskStat.error == false())) or 0
-    try:
-        with s.begin_nested():
-            s.add_all([GraphPoint(at=at, name="active_tasks", value=active),
-                       GraphPoint(at=at, name="completed_tasks",
-                                  value={"completions": int(completions)})])
-            s.flush()
-    except IntegrityError:
-        return 0  # another process recorded this interval meanwhile
-    s.execute(delete(GraphPoint).where(GraphPoint.at < at - KEPT * interval))
-    return 2
+def record(s: Session, ats: list[int], interval: int) -> int:
+    """Record the points of the intervals ending at ``ats`` (a pass that came late records
+    the ones it missed, each with its own completions and the current active tasks);
+    returns how many points were written (none for an interval another process recorded
+    first)."""
+    written = 0
+    active: dict[str, int] | None = None
+    for at in ats:
+        if s.get(GraphPoint, (at, "active_tasks")) is not None:
+            continue
+        if active is None:
+            active = {status: n for status, n in reads.system_task_counts(s).items()
+                      if status not in NOT_ACTIVE and n}
+        completions = s.scalar(select(func.count()).select_from(TaskStat).where(
+            TaskStat.created >= at - interval, TaskStat.created < at,
+            TaskStat.error == false())) or 0
+        try:
+            with s.begin_nested():
+                s.add_all([GraphPoint(at=at, name="active_tasks", value=active),
+                           GraphPoint(at=at, name="completed_tasks",
+                                      value={"completions": int(completions)})])
+                s.flush()
+        except IntegrityError:
+            continue  # another process recorded this interval meanwhile
+        written += 2
+    if written:
+        s.execute(delete(GraphPoint).where(GraphPoint.at < max(ats) - KEPT * interval))
+    return written
 
 
 def iso(at: float) -> str:

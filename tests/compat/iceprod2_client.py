@@ -102,3 +102,13 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     assert text.startswith("Error {"), text
     error: dict[str, Any] = ast.literal_eval(text[len("Error "):])
     return error
+
+
+def refused(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Call ``fn`` (a method of :class:`JSONRPC`) and require the exception the 2.3.2
+    library raises for an error answer; returns the error object."""
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as e:  # what a 2.3.2 script catches
+        return error_of(e)
+    raise AssertionError(f"expected an error, got the result {result!r}")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from iceprod_server.client import IceProdClient
-from tests.compat.iceprod2_client import JSONRPC, error_of
+from tests.compat.iceprod2_client import JSONRPC, refused
 from tests.support import jsonrpc
 from tests.support.datasets import config, task, wait_until
 from tests.support.servers import ServerProcess, http_get
@@ -35,12 +35,6 @@ def world(module_server: Any, module_db_url: str) -> World:
     key = srv.deployment.passkey("user", "alice")
     return World(srv, key, JSONRPC(srv.rpc_url, passkey=key),
                  srv.client(srv.deployment.passkey("admin", "admin1")))
-
-
-def _refused(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    with pytest.raises(Exception) as caught:
-        fn(*args, **kwargs)
-    return error_of(caught.value)
 
 
 def _raw(w: World, method: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -106,12 +100,12 @@ def test_args_that_is_not_a_list(world: World) -> None:
 def test_args_colliding_with_a_named_param(world: World) -> None:
     w = world
     before = _stored(w)
-    error = _refused(w.rpc.submit_dataset, config(task("a")), config=config(task("b")))
+    error = refused(w.rpc.submit_dataset, config(task("a")), config=config(task("b")))
     assert error["code"] == -32602, error
     assert "args[0] and the named param config both give config" in \
         error["data"]["problems"], error
     # the third positional param of submit_dataset is 2.3.2's description
-    error = _refused(w.rpc.submit_dataset, config(), "", "d", description="again")
+    error = refused(w.rpc.submit_dataset, config(), "", "d", description="again")
     assert "args[2] and the named param description both give description" in \
         error["data"]["problems"], error
     assert _stored(w) == before
@@ -119,7 +113,7 @@ def test_args_colliding_with_a_named_param(world: World) -> None:
 
 def test_more_args_than_params(world: World) -> None:
     w = world
-    error = _refused(w.rpc.public_get_number_of_tasks_in_each_state, "a", "b")
+    error = refused(w.rpc.public_get_number_of_tasks_in_each_state, "a", "b")
     assert error["code"] == -32602, error
     assert error["data"]["problems"] == [
         "args: public_get_number_of_tasks_in_each_state takes at most 1 positional params, "
@@ -130,11 +124,11 @@ def test_type_and_size_checks_apply_to_args(world: World) -> None:
     w = world
     before = _stored(w)
     # njobs is the fifth positional param in IceProd 2.3.2's order
-    error = _refused(w.rpc.submit_dataset, config(), "", "d", "", "ten")
+    error = refused(w.rpc.submit_dataset, config(), "", "d", "", "ten")
     assert error["code"] == -32602 and any(
         p.startswith("njobs: expected integer") for p in error["data"]["problems"]), error
     # a description over its column (65,535 bytes), given positionally
-    error = _refused(w.rpc.submit_dataset, config(), "", "é" * 40_000)
+    error = refused(w.rpc.submit_dataset, config(), "", "é" * 40_000)
     assert error["code"] == -32602 and any(
         p.startswith("description: at most 65535 bytes") for p in error["data"]["problems"]),\
         error

@@ -210,6 +210,8 @@ def test_module_control_is_refused_with_what_replaces_it(world: World) -> None:
                   refused(w.alice.update_config, config_text="x")):
         assert error["code"] == -32601, error
         assert "iceprod.toml" in error["data"]["reason"], error
+    # a 2.3.2 pilot method this server does not serve
+    assert refused(w.admin.task_kill, "00000000000000000000")["code"] == -32601
 
 
 def test_sql_site_sync_is_refused_and_runs_nothing(world: World) -> None:

@@ -83,9 +83,9 @@ def points(s: Session, start: float, interval: int) -> list[dict[str, Any]]:
     if start < 0:
         raise InvalidParams(f"start must be a number of minutes >= 0, got {start!r}",
                             {"problems": [f"start: must be >= 0, got {start!r}"]})
-    span = start * 60.0
-    if interval > 0:
-        span = min(span, float(KEPT * interval))
+    # no further back than the points kept (at the default interval when none are
+    # recorded now): a huge start is no huge number in the query
+    span = min(start * 60.0, float(KEPT * (interval or 60)))
     rows = s.execute(select(GraphPoint.at, GraphPoint.name, GraphPoint.value)
                      .where(GraphPoint.at >= time.time() - span)
                      .order_by(GraphPoint.at, GraphPoint.name))

@@ -71,7 +71,7 @@ def all_configs(s: Session, max_rows: int, max_bytes: int) -> dict[str, Any]:
                        "public_get_datasets (paginated)")
     size = s.scalar(select(func.sum(func.length(DatasetConfig.config)))) or 0
     if size > max_bytes:
-        reason = (f"the {count} configs hold {size} characters together, more than "
+        reason = (f"the {count} configs hold {size} bytes together, more than "
                   f"max_body_bytes ({max_bytes}); read each with public_get_config(dataset_id)")
         raise InvalidParams(reason, {"problems": [reason], "option": "max_body_bytes"})
     return {dataset_id: json.loads(text) for dataset_id, text in s.execute(

@@ -18,6 +18,17 @@ jsonrpclib proxy and HTTP connection, since a jsonrpclib transport holds per-req
     client = IceProdClient("http://127.0.0.1:8080", passkey=KEY)
     client.echo("hello")
     client.call("new_task", gridspec="", hostname="node1", ...)
+
+With ``iceprod2=True`` it speaks as IceProd 2.3.2's client library did: the passkey among
+the params, positional arguments as a list under ``args`` next to the named ones, and the
+server answers in 2.3.2's shapes. :class:`JSONRPC` is that client made the way 2.3.2's
+``iceprod.core.jsonRPCclient.JSONRPC`` was, so a script written for IceProd 2 moves here by
+changing its import:
+
+    from iceprod_server.client import JSONRPC
+    rpc = JSONRPC("https://iceprod.example/jsonrpc", passkey=KEY)
+    dataset_id = rpc.submit_dataset(config, njobs=10, description="...")
+    rpc.public_get_number_of_tasks_in_each_state(dataset_id)
 """
 
 from __future__ import annotations
@@ -162,15 +173,17 @@ class IceProdClient:
     def __init__(self, url: str, passkey: str | None = None, timeout: float = 60.0,
                  retries: int = 5, pilot_ref: str | None = None,
                  backoff: float = 0.5, max_backoff: float = 30.0,
-                 retry_sent: bool = True) -> None:
+                 retry_sent: bool = True, iceprod2: bool = False) -> None:
         self.url = jsonrpc_url(url)
+        self.iceprod2 = iceprod2
+        self._passkey = passkey
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.retry_sent = retry_sent
         self._headers: dict[str, str] = {}
-        if passkey:
+        if passkey and not iceprod2:
             self._headers["Authorization"] = f"Bearer {passkey}"
         if pilot_ref:
             self._headers["X-IceProd-Pilot"] = pilot_ref
@@ -205,11 +218,18 @@ class IceProdClient:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` with positional or named params (not both) and return its result.
 
-        Raises :class:`RPCError`.
+        Raises :class:`RPCError`. An ``iceprod2`` client takes both, as IceProd 2.3.2's
+        library did.
         """
-        if args and kwargs:
+        params: Any
+        if self.iceprod2:
+            params = {"passkey": self._passkey, **kwargs}
+            if args:
+                params["args"] = list(args)
+        elif args and kwargs:
             raise ValueError("JSON-RPC takes positional or named params, not both")
-        params: Any = list(args) if args else dict(kwargs)
+        else:
+            params = list(args) if args else dict(kwargs)
         if method in KEYED and isinstance(params, dict) and params.get("request_key") is None:
             # one key for the call and all its repeats: the server runs it at most once
             params["request_key"] = uuid.uuid4().hex
@@ -299,3 +319,18 @@ class _Method:
 
     def __repr__(self) -> str:
         return f"<JSON-RPC method {self._name}>"
+
+
+class JSONRPC(IceProdClient):
+    """An :class:`IceProdClient` made as IceProd 2.3.2's ``JSONRPC(address, timeout=None,
+    passkey=None)``: it speaks the 2.3.2 way (``iceprod2=True``) and opens with the same
+    check, ``echo`` of ``"e"``, raising :class:`RPCError` if the server does not answer
+    it. Errors are :class:`RPCError`, an ``Exception`` as 2.3.2's were."""
+
+    def __init__(self, address: str, timeout: float | None = None,
+                 passkey: str | None = None, retries: int = 5) -> None:
+        super().__init__(address, passkey=passkey, timeout=timeout or 60.0,
+                         retries=retries, iceprod2=True)
+        answer = self.call("echo", value="e")
+        if answer != "e":
+            raise RPCError(TRANSPORT_ERROR, f"{self.url} did not echo: {answer!r}")

@@ -54,6 +54,9 @@ class Config:
     # seconds a task may stay waiting or queued before it is put back to idle
     queue_timeout: float = 86400.0
     scheduler_interval: float = 5.0
+    # seconds between the points public_get_graphs answers (IceProd 2.3.2's charts: tasks
+    # active, tasks completed); the scheduler records them; 0 records none
+    graph_interval: int = 60
     # seconds without a scheduler pass that ended well after which /healthz answers 503
     # "scheduler": "stalled"; 0 means ten scheduler intervals, at least a minute
     scheduler_stall_seconds: float = 0.0
@@ -70,6 +73,9 @@ class Config:
     max_body_bytes: int = 64 * 1024 * 1024
     # most calls in one JSON-RPC batch; a longer batch is answered with one -32600 error
     max_batch_length: int = 1000
+    # most rows a read without pages answers (IceProd 2.3.2's public_get_task_ids,
+    # public_get_all_config, ...); a larger answer is refused with -32602 naming this option
+    unpaged_max_rows: int = 100_000
     # seconds an HTTP connection may sit idle (or take to send its headers) before it is
     # closed, and seconds a request body may take to arrive
     idle_connection_timeout: float = 60.0
@@ -316,7 +322,7 @@ def _validate(config: Config) -> None:
     if not 0 < config.port < 65536 and config.port != 0:
         raise ConfigError(f"port must be between 1 and 65535, got {config.port}")
     for name in ("db_threads", "fs_threads", "queue_depth", "materialize_batch", "max_resets",
-                 "processes", "max_batch_length", "log_max_bytes"):
+                 "processes", "max_batch_length", "log_max_bytes", "unpaged_max_rows"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     for network in config.metrics_allow:
@@ -329,6 +335,8 @@ def _validate(config: Config) -> None:
     if config.scheduler_stall_seconds < 0:
         raise ConfigError("scheduler_stall_seconds must not be negative, got "
                           f"{config.scheduler_stall_seconds}")
+    if config.graph_interval < 0:
+        raise ConfigError(f"graph_interval must not be negative, got {config.graph_interval}")
     if config.shutdown_grace < 0:
         raise ConfigError(f"shutdown_grace must not be negative, got {config.shutdown_grace}")
     for name in ("lease_seconds", "first_contact_seconds", "queue_timeout",

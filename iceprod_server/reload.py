@@ -25,6 +25,7 @@ LIVE_OPTIONS = frozenset({
     "materialize_batch", "scheduler_interval", "shutdown_grace", "retry_delay_seconds",
     "retry_max_delay_seconds", "scheduler_stall_seconds", "metrics_allow",
     "request_key_seconds",
+    "unpaged_max_rows", "graph_interval",
 })
 
 

@@ -2,7 +2,8 @@
 
 Each pass expires leases and stale queue entries, returns reset and resumed tasks to idle,
 materialises jobs lazily, releases idle tasks whose dependencies are complete, queues waiting
-tasks by priority, and derives job and dataset status. Every step is a set-based unit of work
+tasks by priority, and derives job and dataset status; at the end of each ``graph_interval``
+it records the points of ``public_get_graphs``. Every step is a set-based unit of work
 on the ``db`` pool and safe to run from several server processes at once. Passes run every
 ``scheduler_interval`` seconds and early when woken by a submission or a completion, but
 no sooner than :data:`MIN_GAP` seconds after the previous pass began: under a stream of
@@ -23,7 +24,7 @@ import logging
 import time
 
 from iceprod_server import metrics
-from iceprod_server.db import request_keys, scheduling
+from iceprod_server.db import graphs, request_keys, scheduling
 from iceprod_server.db.tasks import Backoff
 from iceprod_server.errors import OutcomeUnknown, Unavailable
 from iceprod_server.services import Services
@@ -59,6 +60,8 @@ class Scheduler:
         # monotonic times: when it started, and when a pass last ended well
         self._started = time.monotonic()
         self._last_pass: float | None = None
+        # the end of the last graph interval recorded (public_get_graphs), epoch seconds
+        self._graphed = 0
 
     def start(self) -> None:
         self._started = time.monotonic()
@@ -137,6 +140,13 @@ class Scheduler:
                 break
         out["queued"] = await db.write(scheduling.queue_waiting, c.queue_depth)
         out["jobs_status"], out["datasets_status"] = await self._derive_status(pass_start)
+        if c.graph_interval > 0:
+            step = c.graph_interval
+            at = graphs.boundary(now, step)
+            if at > self._graphed:
+                first = max(self._graphed + step, at - (graphs.CATCH_UP - 1) * step)
+                await db.write(graphs.record, list(range(first, at + 1, step)), step)
+                self._graphed = at
         self.passes += 1
         return out
 

@@ -63,7 +63,7 @@ def _check_description(description: str) -> None:
 def submit_dataset(s: Session, actor: Actor, config: Any, description: str = "",
                    njobs: int = 1, gridspec: str = "", stat_keys: list[str] | None = None,
                    debug: bool = False, priority: float = 0.0,
-                   group: str = "") -> dict[str, Any]:
+                   group: str = "", difplus: str | None = None) -> dict[str, Any]:
     """Store a new dataset in status processing; returns its id and number."""
     stat_keys = list(stat_keys or [])
     if isinstance(njobs, bool) or not 1 <= njobs <= MAX_NJOBS:
@@ -91,7 +91,8 @@ def submit_dataset(s: Session, actor: Actor, config: Any, description: str = "",
                       jobs_materialized=0, gridspec=gridspec, stat_keys=stat_keys,
                       created=now, status_changed=now)
     _insert_numbered(s, dataset)
-    s.add(DatasetConfig(dataset_id=dataset_id, config=json.dumps(config), updated=now))
+    s.add(DatasetConfig(dataset_id=dataset_id, config=json.dumps(config), updated=now,
+                        difplus=difplus))
     _write_task_defs(s, dataset_id, config, deps)
     s.flush()
     audit.record(s, actor, "submit_dataset", dataset_id,

@@ -147,6 +147,8 @@ class DatasetConfig(Base):
     )
     config: Mapped[str] = mapped_column(LongText)  # JSON text, exactly as accepted
     updated: Mapped[float] = mapped_column(Double)
+    # IceProd 2's DIF-plus record of the dataset, as submitted (text); NULL: none given
+    difplus: Mapped[str | None] = mapped_column(LongText, nullable=True)
 
 
 class TaskDef(Base):
@@ -441,3 +443,15 @@ class RequestKey(Base):
     result: Mapped[Any] = mapped_column(JsonCol, nullable=True)
     created: Mapped[float] = mapped_column(Double)
     __table_args__ = (Index("ix_request_keys_created", "created"),)
+
+
+class GraphPoint(Base):
+    """One point of the charts IceProd 2.3.2's main page drew (``public_get_graphs``): the
+    scheduler records ``active_tasks`` and ``completed_tasks`` at the end of every
+    ``graph_interval`` seconds (``at``: that moment, epoch seconds) and keeps a week's
+    worth at the default interval (:mod:`iceprod_server.db.graphs`)."""
+
+    __tablename__ = "graph_points"
+    at: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[Any] = mapped_column(JsonCol, default=dict)

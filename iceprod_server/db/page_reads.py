@@ -173,15 +173,18 @@ def recent_stats(s: Session, dataset_id: str) -> dict[str, Any]:
 
 def dataset_page(s: Session, dataset_id: str, hours: int = 24) -> dict[str, Any]:
     """Everything the dataset page shows: the dataset (with ``owner_id``), its config as
-    stored, task counts by status and by task name, runtime stats and throughput.
+    stored, its DIF-plus record (IceProd 2's, when one was submitted), task counts by
+    status and by task name, runtime stats and throughput.
     ``dataset_id`` may also be the dataset number, as may the other pages' ones."""
     dataset_id = resolve_dataset(s, dataset_id)
     dataset = reads.get_dataset(s, dataset_id)
     dataset["owner_id"] = _owner_id(s, dataset_id)
-    text = s.scalar(select(DatasetConfig.config)
-                    .where(DatasetConfig.dataset_id == dataset_id))
+    row = s.execute(select(DatasetConfig.config, DatasetConfig.difplus)
+                    .where(DatasetConfig.dataset_id == dataset_id)).first()
+    text, difplus = row if row is not None else (None, None)
     return {"dataset": dataset,
             "config": json.loads(text) if text else None,
+            "difplus": difplus,
             "counts": reads.task_counts(s, dataset_id),
             "by_name": reads.task_counts_by_name(s, dataset_id),
             "stats": recent_stats(s, dataset_id),

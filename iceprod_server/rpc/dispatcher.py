@@ -6,9 +6,12 @@ than ``max_batch_length``, is one -32600. A batch runs :data:`BATCH_SLICE` calls
 and lets other callers in between.
 
 Order of checks for each request object: its shape (-32600), the caller's credentials
-(-32001, whatever the method), the method (-32601), the caller's role (-32001 anonymous,
--32002 otherwise), the params (-32602); then the method runs, and domain errors become their
-codes while anything unexpected is -32603 with the traceback in the log only.
+(-32001, whatever the method), the method (-32601; for an IceProd 2.3.2 method not served
+here, naming what replaces it), a param of an IceProd 2.3.2 form this server refuses
+(-32602), the caller's role (-32001 anonymous, -32002 otherwise), the params (-32602,
+an ``args`` list bound in IceProd 2.3.2's order); then the method runs, and domain errors
+become their codes while anything unexpected is -32603 with the traceback in the log
+only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from iceprod_server.caller import Caller
 from iceprod_server.errors import IceProdError
 from iceprod_server.rpc import jsonclass, values
 from iceprod_server.rpc.context import Context
-from iceprod_server.rpc.registry import REGISTRY, bind
+from iceprod_server.rpc.registry import NOT_SERVED, REGISTRY, bind, check_refused_form
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,9 @@ class Dispatcher:
         caller: Caller | None = None
         try:
             passkey = site_id = None
+            iceprod2 = False
             if isinstance(params, dict):
+                iceprod2 = "passkey" in params or "args" in params
                 params = dict(params)
                 passkey = params.pop("passkey", None)
                 # site_id is a credential, except for methods that take it as a parameter
@@ -119,7 +124,7 @@ class Dispatcher:
                                                 and values.utf8_ok(site_id)):
                     raise errors.NotAuthenticated("site_id must be a string")
             caller = await authenticate(passkey, site_id)
-            result = await self.call(name, params, caller, remote_ip)
+            result = await self.call(name, params, caller, remote_ip, iceprod2)
         except IceProdError as e:
             outcome = e.code
             response = _response(req_id, error=error_object(e.code, None, _data(e)))
@@ -150,10 +155,15 @@ class Dispatcher:
             return jsonclass.dumps(_response(req_id, error=_internal_error()))
 
     async def call(self, name: str, params: list[Any] | dict[str, Any], caller: Caller,
-                   remote_ip: str = "") -> Any:
+                   remote_ip: str = "", iceprod2: bool = False) -> Any:
         method = REGISTRY.get(name)
         if method is None:
+            if name in NOT_SERVED:
+                raise errors.MethodNotFound(NOT_SERVED[name][1], {"method": name})
             raise errors.MethodNotFound(f"no method {name!r}", {"method": name})
+        # IceProd 2.3.2's SQL-text forms are refused before the role: what replaces them
+        # is the answer whoever asks
+        check_refused_form(name, params)
         public_read = self.services.config.public_read
         if not method.allows(caller.role, public_read):
             if caller.role is None:
@@ -161,7 +171,8 @@ class Dispatcher:
             raise errors.Forbidden(f"role {caller.role} may not call {name}",
                                    {"role": caller.role})
         kwargs = bind(method, params)
-        ctx = Context(caller=caller, services=self.services, remote_ip=remote_ip)
+        ctx = Context(caller=caller, services=self.services, remote_ip=remote_ip,
+                      iceprod2=iceprod2)
         return await method.func(ctx, **kwargs)
 
 

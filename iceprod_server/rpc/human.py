@@ -7,10 +7,11 @@ are public while ``public_read`` is on. The work itself is in :mod:`iceprod_serv
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from iceprod_server import dataset_config
-from iceprod_server.db import bulk, datasets, reads, request_keys
+from iceprod_server.db import bulk, datasets, iceprod2_reads, reads, request_keys
 from iceprod_server.db.audit import Actor
 from iceprod_server.errors import (
     CONFLICT,
@@ -42,6 +43,13 @@ def _config(config: dict[str, Any] | str) -> Any:
         raise InvalidParams(str(e), {"problems": [f"$: {e}"]}) from e
 
 
+def _difplus(difplus: str | dict[str, Any] | None) -> str | None:
+    """IceProd 2's DIF-plus record, kept as text (an object as its JSON); none: null."""
+    if isinstance(difplus, dict):
+        return json.dumps(difplus)
+    return difplus or None
+
+
 # --- datasets -------------------------------------------------------------------------
 
 @rpc_method(USER, ADMIN, errors=(INVALID_PARAMS, NOT_AUTHENTICATED, FORBIDDEN, UNAVAILABLE,
@@ -49,6 +57,7 @@ def _config(config: dict[str, Any] | str) -> Any:
 async def submit_dataset(ctx: Context, config: dict[str, Any] | str, description: str = "",
                          njobs: int = 1, gridspec: str = "", stat_keys: list[str] | None = None,
                          debug: bool = False, priority: float = 0.0, group: str = "",
+                         difplus: str | dict[str, Any] | None = None,
                          request_key: str | None = None) -> Id:
     """Submit a dataset; returns its dataset_id.
 
@@ -58,20 +67,22 @@ async def submit_dataset(ctx: Context, config: dict[str, Any] | str, description
     100,000,000) jobs each run every task of the config; they are created as the queue needs
     them. ``group`` names an existing group (its priority share applies); ``stat_keys`` are
     the statistics kept from each finished task; a ``debug`` dataset suspends a task at its
-    first error instead of retrying it. The caller owns the dataset. A repeat with the same
-    ``request_key`` (after -32006, or a lost answer) returns the first call's dataset_id
-    and submits nothing.
+    first error instead of retrying it. ``difplus``, IceProd 2's DIF-plus record (text or
+    an object), is kept with the config and shown on the dataset page. The caller owns the
+    dataset. A repeat with the same ``request_key`` (after -32006, or a lost answer)
+    returns the first call's dataset_id and submits nothing.
     """
     key = request_keys.check(request_key)
     parsed = _config(config)
     stat_keys = stat_keys or []
+    kept_difplus = _difplus(difplus)
     params = {"config": parsed, "description": description, "njobs": njobs,
               "gridspec": gridspec, "stat_keys": stat_keys, "debug": debug,
-              "priority": priority, "group": group}
+              "priority": priority, "group": group, "difplus": kept_difplus}
     result = await ctx.services.db.write(
         request_keys.once, ctx.caller.actor, key, "submit_dataset", params,
         datasets.submit_dataset, actor(ctx), parsed, description, njobs, gridspec,
-        stat_keys, debug, priority, group)
+        stat_keys, debug, priority, group, kept_difplus)
     ctx.services.wake_scheduler()
     dataset_id: str = result["dataset_id"]
     return dataset_id
@@ -79,15 +90,17 @@ async def submit_dataset(ctx: Context, config: dict[str, Any] | str, description
 
 @rpc_method(USER, ADMIN, errors=ACTION_ERRORS)
 async def update_dataset_config(ctx: Context, dataset_id: Id, config: dict[str, Any] | str,
-                                description: str | None = None) -> dict[str, Any]:
+                                description: str | None = None) -> dict[str, Any] | None:
     """Replace a dataset's config (and its description, unless null).
 
     The new config is validated like a submission. Once jobs exist the number and names of
     tasks may not change (-32004). Changed requirements apply to jobs made from now on and
-    to tasks that have not started; ``tasks`` in the result counts those tasks.
+    to tasks that have not started; ``tasks`` in the result counts those tasks. Called the
+    IceProd 2 way (``passkey`` or ``args`` among the params) it answers null, as 2.3.2 did.
     """
-    return await ctx.services.db.write(datasets.update_dataset_config, actor(ctx), dataset_id,
-                                       _config(config), description)
+    result: dict[str, Any] = await ctx.services.db.write(
+        datasets.update_dataset_config, actor(ctx), dataset_id, _config(config), description)
+    return None if ctx.iceprod2 else result
 
 
 @rpc_method(USER, ADMIN, errors=ACTION_ERRORS)
@@ -215,8 +228,14 @@ async def suspend_jobs(ctx: Context, job_ids: list[Id] | None = None,
 # --- reads ------------------------------------------------------------------------------
 
 @rpc_method(PUBLIC, errors=READ_ERRORS)
-async def public_get_datasets_by_status(ctx: Context) -> dict[str, list[Id]]:
-    """Dataset ids grouped by dataset status: ``{status: [dataset_id, ...]}``."""
+async def public_get_datasets_by_status(ctx: Context, status: str | None = None
+                                        ) -> dict[str, list[Id]] | list[Id]:
+    """Dataset ids grouped by dataset status: ``{status: [dataset_id, ...]}``. With
+    ``status`` (IceProd 2.3.2's form): the ids of that status, ``[dataset_id, ...]``, at
+    most ``unpaged_max_rows``."""
+    if status is not None:
+        return await ctx.services.db.read(iceprod2_reads.datasets_with_status, status,
+                                          ctx.services.config.unpaged_max_rows)
     return await ctx.services.db.read(reads.datasets_by_status)
 
 
@@ -297,18 +316,29 @@ async def public_get_task(ctx: Context, task_id: Id) -> dict[str, Any]:
 
 
 @rpc_method(PUBLIC, errors=READ_ERRORS)
-async def public_get_task_stats(ctx: Context, dataset_id: Id) -> dict[str, dict[str, Any]]:
+async def public_get_task_stats(ctx: Context, dataset_id: Id | None = None,
+                                task_id: Id | None = None
+                                ) -> dict[str, dict[str, Any]] | list[list[str]]:
     """Per task name: ``count``, the tasks complete; over the dataset's most recent
     attempts of all task names together (2000 per task name in the dataset): ``failed``
     attempts, and ``mean``, ``min``, ``max``, ``p50``, ``p90`` of the successful ones'
-    time_used (seconds), ``sample`` of them."""
+    time_used (seconds), ``sample`` of them. With ``task_id`` instead (IceProd 2.3.2's
+    form): that task's stats, one ``[JSON text]`` row per attempt that reported."""
+    if (dataset_id is None) == (task_id is None):
+        problem = "give dataset_id (stats per task name) or task_id (one task's stat rows)"
+        raise InvalidParams(problem, {"problems": [problem]})
+    if task_id is not None:
+        return await ctx.services.db.read(iceprod2_reads.task_stat_rows, task_id,
+                                          ctx.services.config.unpaged_max_rows)
     return await ctx.services.db.read(reads.task_stats, dataset_id)
 
 
 @rpc_method(PUBLIC, errors=READ_ERRORS)
-async def public_get_dataset_completion(ctx: Context, dataset_id: Id) -> dict[str, Any]:
-    """``{total, complete, fraction, by_status}`` for a dataset's tasks."""
-    return await ctx.services.db.read(reads.dataset_completion, dataset_id)
+async def public_get_dataset_completion(ctx: Context, dataset_id: Id) -> dict[str, Any] | float:
+    """``{total, complete, fraction, by_status}`` for a dataset's tasks; called the IceProd
+    2 way (``passkey`` or ``args`` among the params), the fraction alone, as 2.3.2 did."""
+    done: dict[str, Any] = await ctx.services.db.read(reads.dataset_completion, dataset_id)
+    return float(done["fraction"]) if ctx.iceprod2 else done
 
 
 @rpc_method(PUBLIC, errors=READ_ERRORS)

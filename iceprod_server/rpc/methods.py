@@ -9,6 +9,8 @@ METHOD_MODULES = (
     "iceprod_server.rpc.human",
     "iceprod_server.rpc.admin",
     "iceprod_server.rpc.site",
+    "iceprod_server.rpc.iceprod2",
+    "iceprod_server.rpc.iceprod2_reads",
     "iceprod_server.rpc.discover",
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
@@ -58,6 +58,23 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
+@dataclass(frozen=True)
+class Iceprod2Form:
+    """How IceProd 2.3.2 called the method of this name: its params in their positional
+    order (what an ``args`` list binds to), what the call does here, and the 2.3.2 params
+    this server refuses, each with the reason given to the caller."""
+
+    params: tuple[str, ...]
+    maps_to: str = ""
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+
+# method name -> how IceProd 2.3.2 called it (docs/methods.md, IceProd 2.3.2 clients)
+ICEPROD2: dict[str, Iceprod2Form] = {}
+# IceProd 2.3.2 method names this server does not serve -> (its params, what replaces it)
+NOT_SERVED: dict[str, tuple[tuple[str, ...], str]] = {}
+
+
 def rpc_method(*roles: str, errors: tuple[int, ...] = (),
                name: str | None = None) -> Callable[[MethodFunc], MethodFunc]:
     """Register an ``async def method(ctx, ...)`` under its name, callable by ``roles``.
@@ -83,9 +100,51 @@ def rpc_method(*roles: str, errors: tuple[int, ...] = (),
     return register
 
 
+def _positional_args(method: Method, params: dict[str, Any]) -> dict[str, Any]:
+    """IceProd 2 clients send named params with the positional ones as a list under
+    ``args``: bind that list in IceProd 2.3.2's order of the method's params (the method's
+    own order when 2.3.2 had no such method), the rest by name."""
+    form = ICEPROD2.get(method.name)
+    order = list(form.params) if form else [p.name for p in method.params]
+    args = params["args"]
+    if not isinstance(args, list):
+        problem = f"args: expected an array (the positional params), got {_json_type(args)}"
+        raise InvalidParams(f"invalid params for {method.name}: {problem}",
+                            {"problems": [problem]})
+    if len(args) > len(order):
+        problem = (f"args: {method.name} takes at most {len(order)} positional params, "
+                   f"got {len(args)}")
+        raise InvalidParams(f"invalid params for {method.name}: {problem}",
+                            {"problems": [problem], "expected": order})
+    named = {k: v for k, v in params.items() if k != "args"}
+    clashes = [f"args[{i}] and the named param {name} both give {name}"
+               for i, name in enumerate(order[:len(args)]) if name in named]
+    if clashes:
+        raise InvalidParams(f"invalid params for {method.name}: {'; '.join(clashes)}",
+                            {"problems": clashes})
+    return {**dict(zip(order, args, strict=False)), **named}
+
+
+def check_refused_form(name: str, params: list[Any] | dict[str, Any]) -> None:
+    """InvalidParams when the call names a param of IceProd 2.3.2's form of the method
+    that this server refuses (by name, or through ``args``), whoever the caller is."""
+    form = ICEPROD2.get(name)
+    if form is None or not form.refused or not isinstance(params, dict):
+        return
+    given = list(params)
+    if isinstance(params.get("args"), list):
+        given += form.params[:len(params["args"])]
+    for param in given:
+        if param in form.refused:
+            reason = form.refused[param]
+            raise InvalidParams(reason, {"problems": [f"{param}: {reason}"], "param": param})
+
+
 def bind(method: Method, params: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """Bind JSON-RPC params to ``method``'s parameters, checking names and types."""
     names = [p.name for p in method.params]
+    if isinstance(params, dict) and "args" in params and "args" not in names:
+        params = _positional_args(method, params)
     if isinstance(params, list):
         if len(params) > len(names):
             raise InvalidParams(f"{method.name} takes at most {len(names)} params, "

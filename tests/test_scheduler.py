@@ -189,6 +189,23 @@ def test_bulk_task_actions_count_what_they_change(h: Harness) -> None:
     wait_counts(h.public, dataset_id, {"queued": 6})
 
 
+def test_tasks_suspended_one_by_one_run_again_when_resumed(h: Harness) -> None:
+    # every task suspended by its id: the dataset is derived suspended, and a resume of
+    # its tasks (a human's act, as resume_dataset is) makes it processing again
+    dataset_id = h.submit(njobs=2)
+    wait_counts(h.public, dataset_id, {"queued": 2})
+    ids = [t["task_id"] for t in h.public.call("public_get_tasks",
+                                                dataset_id=dataset_id)["items"]]
+    assert h.owner.call("suspend_tasks", task_ids=ids) == {"count": 2}
+    wait_until("the dataset to be derived suspended",
+               lambda: h.dataset_status(dataset_id) == "suspended", timeout=15)
+    assert h.owner.call("resume_tasks", task_ids=ids) == {"count": 2}
+    wait_counts(h.public, dataset_id, {"queued": 2})
+    assert h.dataset_status(dataset_id) == "processing"
+    pilot = h.pilot()
+    finish(pilot, claim_one(pilot))
+
+
 def test_maintained_counts_match_the_tasks_after_mixed_work(h: Harness) -> None:
     """The counts users see come from trigger-kept counters: after claims, completions,
     errors and bulk actions they equal a fresh GROUP BY over the task rows."""

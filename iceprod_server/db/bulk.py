@@ -60,16 +60,17 @@ def move_jobs(s: Session, conditions: Sequence[ColumnElement[bool]],
 
 
 def reopen(s: Session, dataset_ids: Iterable[str], now: float) -> None:
-    """After tasks went back to a live state: their jobs in errors or suspended, and their
-    datasets in errors or complete, are processing again (the scheduler would derive the
-    same; doing it here makes the change visible at once)."""
+    """After tasks went back to a live state: their jobs and datasets in errors, complete
+    or suspended are processing again (the scheduler would derive the same; doing it here
+    makes the change visible at once). A dataset's suspended state may be derived (every
+    task suspended one by one), which only a human's act ends: this is one."""
     for batch in chunks(sorted(set(dataset_ids))):
         has_live_task = exists().where(Task.job_id == Job.job_id, Task.status.in_(LIVE))
         move_jobs(s, [Job.dataset_id.in_(batch), has_live_task], ("errors", "suspended"),
                   "processing", now)
         s.execute(update(Dataset)
                   .where(Dataset.dataset_id.in_(batch),
-                         Dataset.status.in_(("errors", "complete")))
+                         Dataset.status.in_(("errors", "complete", "suspended")))
                   .values(status="processing", status_changed=now)
                   .execution_options(synchronize_session=False))
 

@@ -327,7 +327,16 @@ def _derive_dataset(s: Session, dataset_id: str, now: float) -> int:
         return 0
     if derived == ds.status:
         return 0
-    return changed(s, update(Dataset).where(Dataset.dataset_id == dataset_id,
-                                            Dataset.status == ds.status)
+    # The counts were read earlier in this transaction; a human's resume or reset that
+    # committed since then must not be overwritten with a state that stops the dataset
+    # (a dataset derived suspended stays so until a human acts again), so the tasks that
+    # decided it are looked at once more, by the UPDATE itself.
+    blockers = {"complete": Task.status != "complete",
+                "suspended": Task.status.in_(LIVE),
+                "errors": Task.status.in_([s for s in LIVE if s != "idle"])}.get(derived)
+    conditions = [Dataset.dataset_id == dataset_id, Dataset.status == ds.status]
+    if blockers is not None:
+        conditions.append(~exists().where(Task.dataset_id == dataset_id, blockers))
+    return changed(s, update(Dataset).where(*conditions)
                    .values(status=derived, status_changed=now))
 

@@ -50,16 +50,12 @@
     "issue-key": async () => {
       const params = {role: $("key-role").value, description: value("key-description")};
       if ($("key-user").value) params.username = $("key-user").value;
-      if ($("key-site").value) params.site = $("key-site").value;
       if (value("key-expires")) {
         params.expires = Number(value("key-expires")) * Number($("key-expires-unit").value);
       }
-      // the form is rendered again after the call: read what it said first
-      const siteName = $("key-site").selectedOptions[0].textContent;
       const key = await run(`Issue a ${params.role} passkey`, "issue_passkey", params);
       if (key) {
         const scope = [`role ${key.role}`, key.username ? `user ${key.username}` : "",
-                       key.site_id ? `site ${siteName}` : "",
                        key.expires ? `expires ${iceprod.when(key.expires)}` : "no expiry"];
         showSecret("New passkey", key.passkey,
                    `Key id ${key.key_id}: ${scope.filter(Boolean).join(", ")}.`);

@@ -219,7 +219,9 @@ def test_sql_site_sync_is_refused_and_runs_nothing(world: World) -> None:
     dataset_id = w.alice.submit_dataset(iceprod2_config(iceprod2_task(
         "ip2-sql", requirements={"gpu": 2})))
     (task_id,) = _tasks(w, dataset_id, 1)
-    status = _task(w, task_id)["status"]
+    # where the scheduler leaves it (no pilot offers two GPUs): nothing else moves it
+    status = wait_until("the task to be queued",
+                        lambda: _task(w, task_id)["status"] == "queued" and "queued")
     sql = f"update task set status = 'complete' where task_id = '{task_id}'"
     update = [["task", task_id, "2017-01-01T00:00:00", sql, []]]
     site_id, site_key = w.site

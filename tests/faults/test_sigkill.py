@@ -156,7 +156,16 @@ def test_sigkill_under_pilot_load(server: Any, db_url: str, tmp_path: Path) -> N
                 if item["task_id"] in load.logged:
                     assert "stdout" in {log["name"] for log in info["logs"]}, info["logs"]
         for task_id, attempt in load.finished:
-            assert successful.get(task_id) == attempt, \
+            if task_id not in successful:
+                # a submission whose answer was lost (the server died after its commit and
+                # stayed away longer than the client's retries) is not in load.datasets,
+                # but its tasks ran: their finishes count the same
+                info = public.call("public_get_task", task_id=task_id)
+                assert info["status"] == "complete", info
+                ok = [a["attempt"] for a in info["attempts"] if not a["error"]]
+                assert len(ok) == 1, f"task {task_id} completed {len(ok)} times"
+                successful[task_id] = ok[0]
+            assert successful[task_id] == attempt, \
                 f"acknowledged finish of {task_id} attempt {attempt} is not the one kept"
         print(f"{len(successful)} tasks, {len(load.finished)} acknowledged finishes, "
               f"{len(load.datasets)} datasets, {KILLS} kills")
